@@ -1,0 +1,91 @@
+"""Execution budgets inside agent loops.
+
+budget_plugins refuses the next model call, tool call, step or retry *before*
+it happens once it would break a budget, inside LangChain, LangGraph and
+AutoGen agent loops.
+
+Example:
+    >>> from budget_plugins import Budget, Meter
+    >>> meter = Meter(Budget(max_model_calls=2), hooks=[])
+    >>> for _ in range(2):
+    ...     _ = meter.after_model_call(meter.before_model_call(model=None), None)
+    >>> try:
+    ...     meter.before_model_call(model=None)
+    ... except BudgetExceeded as exc:
+    ...     print(exc.dimension, exc.limit, exc.used)
+    model_calls 2 2
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from budget_plugins._decide import Decision, Denial, decide
+from budget_plugins._errors import (
+    BudgetConfigError,
+    BudgetError,
+    BudgetExceeded,
+    LedgerUnavailable,
+    ReservationError,
+    UnpricedModelError,
+)
+from budget_plugins._events import (
+    BudgetEvent,
+    CollectingHook,
+    EventHook,
+    JsonlHook,
+    LoggingHook,
+    read_events,
+)
+from budget_plugins._ledger import (
+    AsyncLedger,
+    Grant,
+    InMemoryLedger,
+    Ledger,
+    Scope,
+    Settlement,
+)
+from budget_plugins._meter import Meter, Ticket, current_meter
+from budget_plugins._policy import Budget, Ceiling, Price
+from budget_plugins._pricing import PricedCall, lookup_price, price_tokens
+from budget_plugins._usage import Request, ScopeUsage, TokenUsage
+
+try:
+    __version__ = version("budget-plugins")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "AsyncLedger",
+    "Budget",
+    "BudgetConfigError",
+    "BudgetError",
+    "BudgetEvent",
+    "BudgetExceeded",
+    "Ceiling",
+    "CollectingHook",
+    "Decision",
+    "Denial",
+    "EventHook",
+    "Grant",
+    "InMemoryLedger",
+    "JsonlHook",
+    "Ledger",
+    "LedgerUnavailable",
+    "LoggingHook",
+    "Meter",
+    "Price",
+    "PricedCall",
+    "Request",
+    "ReservationError",
+    "Scope",
+    "ScopeUsage",
+    "Settlement",
+    "Ticket",
+    "TokenUsage",
+    "UnpricedModelError",
+    "__version__",
+    "current_meter",
+    "decide",
+    "lookup_price",
+    "price_tokens",
+    "read_events",
+]

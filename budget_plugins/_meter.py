@@ -1,0 +1,653 @@
+"""The meter: one run scope's enforcement, shared by every framework adapter.
+
+A :class:`Meter` turns "this is about to happen" into a reservation in the
+ledger (run scope plus any workflow/tenant ceilings), raises
+:class:`BudgetExceeded` when the request does not fit, and settles the actual
+usage afterwards. Adapters only translate framework events into these calls
+and the raised refusal into the framework's way of stopping.
+
+Sync and async are two thin doors (``reserve``/``areserve``...) around the same
+preparation and interpretation code.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from budget_plugins._decide import (
+    Action,
+    Decision,
+    Denial,
+    check_run_local,
+    classify,
+    effective_limits,
+    pressure,
+)
+from budget_plugins._errors import COST_DIMENSION, BudgetConfigError, BudgetExceeded
+from budget_plugins._events import BudgetEvent, EventHook, LoggingHook, emit
+from budget_plugins._ledger import (
+    DEFAULT_LEASE_SECONDS,
+    AsyncLedger,
+    Grant,
+    InMemoryLedger,
+    Ledger,
+    Scope,
+    Settlement,
+)
+from budget_plugins._policy import Budget, Ceiling, micros_to_usd
+from budget_plugins._pricing import price_tokens
+from budget_plugins._usage import Request, ScopeUsage, TokenUsage
+
+current_meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar(
+    "budget_plugins_current_meter", default=None
+)
+"""The meter of the enclosing ``with budget(...)`` block, so that nested agents,
+sub-graphs and tools charge the same run/workflow without threading ids by hand."""
+
+_shared_ledger: InMemoryLedger | None = None
+_shared_lock = threading.Lock()
+
+
+def default_ledger() -> InMemoryLedger:
+    """The process-wide in-memory ledger used when none is given."""
+    global _shared_ledger
+    with _shared_lock:
+        if _shared_ledger is None:
+            _shared_ledger = InMemoryLedger()
+        return _shared_ledger
+
+
+@dataclass(slots=True)
+class Ticket:
+    """A granted reservation for one call, to settle with ``commit`` or ``release``."""
+
+    reservation_id: str
+    request: Request
+    decision: Decision
+    model: str | None = None
+    node: str | None = None
+    call_id: str | None = None
+    parent_call_id: str | None = None
+    settled: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Meter:
+    """Enforces one run's :class:`Budget` (and shared ceilings) through a ledger.
+
+    Args:
+        budget: The run's budget.
+        ledger: Where usage is kept; a fresh :class:`InMemoryLedger` by default.
+            Pass a shared ledger (in-memory or Redis) to share ceilings across runs.
+        ceilings: Workflow/tenant limits checked atomically with the run's.
+        tenant: Tenant id (required by tenant ceilings).
+        workflow: Workflow id (required by workflow ceilings).
+        run_id: The run scope's id; a random one by default. Two meters with the
+            same ``run_id`` on the same ledger share one run scope.
+        agent: Name attached to events (attribution).
+        hooks: Event receivers; stdlib logging by default.
+        extra_limits: Further run-scope counter limits (e.g. ``{"node_visits:critic": 3}``).
+        lease_seconds: How long a hold survives a crashed process.
+        defer_commits: Settle a call in the same ledger operation as the next
+            reservation (one round trip per call on remote ledgers); defaults to
+            True for ledgers that say they are remote.
+        clock: Monotonic seconds for the wall-clock limit (injectable).
+
+    Example:
+        >>> meter = Meter(Budget(max_tool_calls=1))
+        >>> ticket = meter.before_tool_call("search")
+        >>> _ = meter.after_tool_call(ticket)
+        >>> meter.before_tool_call("search")
+        Traceback (most recent call last):
+        ...
+        budget_plugins._errors.BudgetExceeded: Exceeded the tool_calls limit of 1 (used=1, requested=1) in run scope
+    """
+
+    def __init__(
+        self,
+        budget: Budget,
+        *,
+        ledger: Ledger | None = None,
+        ceilings: Sequence[Ceiling] = (),
+        tenant: str | None = None,
+        workflow: str | None = None,
+        run_id: str | None = None,
+        agent: str | None = None,
+        hooks: Sequence[EventHook] | None = None,
+        extra_limits: Mapping[str, int] | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        defer_commits: bool | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        provider: str | None = None,
+    ) -> None:
+        if not isinstance(budget, Budget):
+            raise BudgetConfigError(
+                f"budget must be a budget_plugins.Budget, got {type(budget).__name__}",
+                field="budget",
+            )
+        self.budget = budget
+        self.ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
+        self._aledger: AsyncLedger | None = None
+        self.tenant = tenant
+        self.workflow = workflow
+        self.run_id = run_id or uuid.uuid4().hex
+        self.agent = agent
+        self.provider = provider
+        self.hooks: list[EventHook] = list(hooks) if hooks is not None else [LoggingHook()]
+        self.lease_seconds = lease_seconds
+        self.defer_commits = bool(getattr(self.ledger, "remote", False)) if defer_commits is None else defer_commits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._started_at: float | None = None
+        self._failures = 0
+        self._pending: list[tuple[str, dict[str, int]]] = []
+        self._signalled: set[tuple[str, str]] = set()
+        self.level: Action = "allow"
+        """The most severe threshold reached so far: adapters downgrade at ``degrade``."""
+        self.exhausted: BudgetExceeded | None = None
+        """The last refusal (also set in shadow mode, where nothing is refused)."""
+        self.shadow_denials: dict[str, int] = {}
+        """Shadow mode: would-be refusals counted per dimension."""
+        self.spent_micros = 0
+        run_limits = {**budget.counter_limits(), **(extra_limits or {})}
+        self.run_limits = run_limits
+        self._run_scope = Scope(
+            "run",
+            self.run_id,
+            tenant or "",
+            workflow or "",
+            effective_limits(run_limits, budget.finalization_reserve, final=False),
+        )
+        self._final_scope = Scope("run", self.run_id, tenant or "", workflow or "", dict(run_limits))
+        self._ceiling_scopes = [self._ceiling_scope(c) for c in ceilings]
+        self._cost_limited = COST_DIMENSION in run_limits or any(
+            COST_DIMENSION in s.limits for s in self._ceiling_scopes
+        )
+
+    def _ceiling_scope(self, ceiling: Ceiling) -> Scope:
+        if not isinstance(ceiling, Ceiling):
+            raise BudgetConfigError(
+                f"ceilings must be budget_plugins.Ceiling objects, got {type(ceiling).__name__}",
+                field="ceilings",
+            )
+        if not self.tenant and ceiling.scope in ("tenant", "workflow"):
+            raise BudgetConfigError(
+                f"a {ceiling.scope} ceiling needs tenant=...; pass tenant (and workflow) to the handler/guard",
+                field="tenant",
+            )
+        if ceiling.scope == "workflow" and not self.workflow:
+            raise BudgetConfigError(
+                "a workflow ceiling needs workflow=...; pass workflow to the handler/guard",
+                field="workflow",
+            )
+        scope_id = self.tenant if ceiling.scope == "tenant" else self.workflow
+        return Scope(
+            ceiling.scope,
+            scope_id or "",
+            self.tenant or "",
+            self.workflow or "",
+            ceiling.counter_limits(),
+            ceiling.window,
+        )
+
+    # -- scopes and views -------------------------------------------------------
+
+    def scopes(self, *, final: bool = False) -> list[Scope]:
+        """The scopes a reservation is held in: the run's, then each ceiling's."""
+        return [self._final_scope if final else self._run_scope, *self._ceiling_scopes]
+
+    @property
+    def aledger(self) -> AsyncLedger:
+        """The async twin of the ledger (created on first use)."""
+        if self._aledger is None:
+            self._aledger = self.ledger.as_async()
+        return self._aledger
+
+    def usage(self) -> ScopeUsage:
+        """The run scope's used/held counters, read from the ledger."""
+        self.flush()
+        return self.ledger.snapshot(self._final_scope)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds since the run's first guarded event."""
+        return 0.0 if self._started_at is None else self._clock() - self._started_at
+
+    @property
+    def consecutive_failures(self) -> int:
+        """Failed calls in a row so far."""
+        return self._failures
+
+    # -- the shared preparation and interpretation ------------------------------
+
+    def _prepare(self, request: Request) -> tuple[str, list[Scope], list[tuple[str, dict[str, int]]]]:
+        with self._lock:
+            now = self._clock()
+            if self._started_at is None:
+                self._started_at = now
+            started, failures = self._started_at, self._failures
+            settle, self._pending = self._pending, []
+        local = check_run_local(self.budget, request, started_at=started, now=now, consecutive_failures=failures)
+        if local is not None:
+            if settle:
+                self._requeue(settle)
+            self._refuse(Decision.deny(local), request)
+        return uuid.uuid4().hex, self.scopes(final=request.final), settle
+
+    def _requeue(self, settle: list[tuple[str, dict[str, int]]]) -> None:
+        with self._lock:
+            self._pending[:0] = settle
+
+    def _interpret(self, grant: Grant, request: Request, scopes: Sequence[Scope], **meta: Any) -> Ticket:
+        if grant.denial is not None:
+            # Raises when enforcing; in shadow mode the hold was made and this only records.
+            self._refuse(Decision.deny(grant.denial), request, grant.usage)
+        action: Action = "allow"
+        fraction, dimension, limit, in_use, scope_kind, scope_id = 0.0, None, None, None, "run", None
+        for scope, view in zip(scopes, grant.usage, strict=False):
+            share, dim = pressure(scope.limits, view.used, view.held)
+            if dim is not None and share > fraction:
+                fraction, dimension = share, dim
+                limit, in_use = scope.limits[dim], view.in_use(dim)
+                scope_kind, scope_id = scope.kind, scope.id
+        if dimension is not None:
+            action = classify(self.budget, fraction)
+        decision = Decision(
+            action,
+            dimension,
+            limit,
+            in_use,
+            request.amounts.get(dimension or "", 0),
+            scope_kind,
+            scope_id,
+            fraction,
+        )
+        if action != "allow":
+            self._signal(decision, request)
+        return Ticket(grant.reservation_id, request, decision, **meta)
+
+    def _signal(self, decision: Decision, request: Request) -> None:
+        key = (decision.action, decision.dimension or "")
+        with self._lock:
+            if key in self._signalled:
+                return
+            self._signalled.add(key)
+            if decision.action == "degrade" or self.level == "allow":
+                self.level = decision.action
+        self._emit(decision.action, decision, request)
+
+    def _refuse(self, decision: Decision, request: Request, usage: Sequence[ScopeUsage] = ()) -> None:
+        error = BudgetExceeded(
+            decision.dimension or "?",
+            limit=decision.limit if decision.limit is not None else 0,
+            used=decision.used if decision.used is not None else 0,
+            requested=decision.requested if decision.requested is not None else 0,
+            scope=decision.scope,
+            scope_id=decision.scope_id,
+            usage={u.scope_id: u.as_dict() for u in usage},
+        )
+        self.exhausted = error
+        if self.budget.mode == "shadow":
+            with self._lock:
+                dim = decision.dimension or "?"
+                self.shadow_denials[dim] = self.shadow_denials.get(dim, 0) + 1
+            self._emit("would_deny", decision, request, shadow=True)
+            return
+        self.level = "deny"
+        self._emit("deny", decision, request, message=error.message)
+        raise error
+
+    def _emit(
+        self,
+        kind: Any,
+        decision: Decision,
+        request: Request,
+        *,
+        shadow: bool = False,
+        message: str | None = None,
+    ) -> None:
+        emit(
+            self.hooks,
+            BudgetEvent(
+                kind=kind,
+                dimension=decision.dimension,
+                scope=decision.scope,
+                tenant=self.tenant,
+                workflow=self.workflow,
+                run_id=self.run_id,
+                agent=self.agent,
+                node=request.name if request.kind == "step" else None,
+                limit=decision.limit,
+                used=decision.used,
+                requested=decision.requested,
+                fraction=decision.fraction,
+                model=request.name if request.kind == "model_call" else None,
+                tool=request.name if request.kind == "tool_call" else None,
+                retry=request.retry,
+                shadow=shadow or self.budget.mode == "shadow",
+                timestamp=time.time(),
+                message=message,
+            ),
+        )
+
+    def _settle_amounts(
+        self, ticket: Ticket, usage: TokenUsage | None, failed: bool
+    ) -> tuple[dict[str, int], TokenUsage | None, Decimal]:
+        amounts = {k: v for k, v in ticket.request.amounts.items() if v}
+        cost = Decimal(0)
+        if ticket.request.kind == "model_call":
+            for key in ("input_tokens", "output_tokens", "total_tokens", COST_DIMENSION):
+                amounts.pop(key, None)
+            if usage is not None:
+                priced = price_tokens(
+                    self.budget,
+                    ticket.model,
+                    usage,
+                    provider=self.provider,
+                    needs_price=self._cost_limited,
+                )
+                cost = priced.cost_usd
+                amounts.update(
+                    input_tokens=usage.input_tokens,
+                    output_tokens=usage.output_tokens,
+                    total_tokens=usage.total_tokens,
+                    **{COST_DIMENSION: priced.micros},
+                )
+                amounts = {k: v for k, v in amounts.items() if v}
+        with self._lock:
+            self._failures = self._failures + 1 if failed else 0
+            self.spent_micros += amounts.get(COST_DIMENSION, 0)
+        return amounts, usage, cost
+
+    def _after_settle(
+        self, ticket: Ticket, settlement: Settlement | None, usage: TokenUsage | None, cost: Decimal
+    ) -> None:
+        views = settlement.usage if settlement is not None else ()
+        costs: dict[str, Decimal] = {}
+        for scope, view in zip(self.scopes(), views, strict=False):
+            costs.setdefault(scope.kind, view.cost_usd)
+        if settlement is not None and settlement.overage and settlement.status != "duplicate":
+            dim = next(iter(settlement.overage))
+            emit(
+                self.hooks,
+                BudgetEvent(
+                    kind="overage",
+                    dimension=dim,
+                    run_id=self.run_id,
+                    tenant=self.tenant,
+                    workflow=self.workflow,
+                    agent=self.agent,
+                    requested=settlement.overage[dim],
+                    model=ticket.model,
+                    call_id=ticket.call_id,
+                    timestamp=time.time(),
+                    message=f"actual usage exceeded the hold ({settlement.status})",
+                ),
+            )
+        if ticket.request.kind not in ("model_call", "tool_call"):
+            return
+        emit(
+            self.hooks,
+            BudgetEvent(
+                kind="settle",
+                tenant=self.tenant,
+                workflow=self.workflow,
+                run_id=self.run_id,
+                agent=self.agent,
+                node=ticket.node,
+                model=ticket.model,
+                tool=ticket.request.name if ticket.request.kind == "tool_call" else None,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                cache_read_tokens=usage.cache_read_tokens if usage else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage else 0,
+                cost_usd=cost,
+                run_cost_usd=costs.get("run", micros_to_usd(self.spent_micros)),
+                workflow_cost_usd=costs.get("workflow"),
+                tenant_cost_usd=costs.get("tenant"),
+                retry=ticket.request.retry,
+                call_id=ticket.call_id,
+                parent_call_id=ticket.parent_call_id,
+                shadow=self.budget.mode == "shadow",
+                timestamp=time.time(),
+            ),
+        )
+
+    # -- sync door --------------------------------------------------------------
+
+    def reserve(self, request: Request, **meta: Any) -> Ticket:
+        """Hold ``request`` in every scope or raise :class:`BudgetExceeded`.
+
+        ``meta`` (``model``, ``node``, ``call_id``, ``parent_call_id``) is kept on
+        the ticket for attribution.
+        """
+        rid, scopes, settle = self._prepare(request)
+        try:
+            grant = self.ledger.reserve(
+                rid,
+                scopes,
+                request.amounts,
+                lease_seconds=self.lease_seconds,
+                enforce=self.budget.mode == "enforce",
+                settle=settle,
+            )
+        except BaseException:
+            self._requeue(settle)
+            raise
+        return self._interpret(grant, request, scopes, **meta)
+
+    def commit(self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False) -> Settlement | None:
+        """Settle a ticket with its actual usage (tokens for model calls).
+
+        Returns ``None`` when the commit is deferred to the next reservation.
+        """
+        if ticket.settled:
+            return None
+        ticket.settled = True
+        amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
+        settlement = None
+        if self.defer_commits:
+            with self._lock:
+                self._pending.append((ticket.reservation_id, amounts))
+        else:
+            settlement = self.ledger.commit(ticket.reservation_id, self.scopes(final=ticket.request.final), amounts)
+        self._after_settle(ticket, settlement, usage, cost)
+        return settlement
+
+    def release(self, ticket: Ticket, *, failed: bool = True) -> None:
+        """Give a ticket's hold back (the call did not happen or failed before using anything)."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        with self._lock:
+            self._failures = self._failures + 1 if failed else self._failures
+        self.ledger.release(ticket.reservation_id, self.scopes(final=ticket.request.final))
+
+    def flush(self) -> None:
+        """Commit every deferred settlement now."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for rid, amounts in pending:
+            self.ledger.commit(rid, self.scopes(), amounts)
+
+    # -- async door -------------------------------------------------------------
+
+    async def areserve(self, request: Request, **meta: Any) -> Ticket:
+        """Async twin of :meth:`reserve`."""
+        rid, scopes, settle = self._prepare(request)
+        try:
+            grant = await self.aledger.reserve(
+                rid,
+                scopes,
+                request.amounts,
+                lease_seconds=self.lease_seconds,
+                enforce=self.budget.mode == "enforce",
+                settle=settle,
+            )
+        except BaseException:
+            self._requeue(settle)
+            raise
+        return self._interpret(grant, request, scopes, **meta)
+
+    async def acommit(
+        self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False
+    ) -> Settlement | None:
+        """Async twin of :meth:`commit`."""
+        if ticket.settled:
+            return None
+        ticket.settled = True
+        amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
+        settlement = None
+        if self.defer_commits:
+            with self._lock:
+                self._pending.append((ticket.reservation_id, amounts))
+        else:
+            settlement = await self.aledger.commit(
+                ticket.reservation_id, self.scopes(final=ticket.request.final), amounts
+            )
+        self._after_settle(ticket, settlement, usage, cost)
+        return settlement
+
+    async def arelease(self, ticket: Ticket, *, failed: bool = True) -> None:
+        """Async twin of :meth:`release`."""
+        if ticket.settled:
+            return
+        ticket.settled = True
+        with self._lock:
+            self._failures = self._failures + 1 if failed else self._failures
+        await self.aledger.release(ticket.reservation_id, self.scopes(final=ticket.request.final))
+
+    # -- conveniences used by the adapters -------------------------------------
+
+    def model_request(
+        self,
+        *,
+        model: str | None,
+        input_tokens: int = 0,
+        max_output_tokens: int | None = None,
+        retry: bool = False,
+        depth: int = 0,
+        step: bool = False,
+        final: bool = False,
+    ) -> Request:
+        """A model-call request with its worst case priced (reservation amounts)."""
+        output = max_output_tokens or self.budget.default_max_output_tokens
+        priced = price_tokens(
+            self.budget,
+            model,
+            TokenUsage(input_tokens, output),
+            provider=self.provider,
+            needs_price=self._cost_limited,
+        )
+        return Request.model_call(
+            input_tokens=input_tokens,
+            output_tokens=output,
+            cost_micros=priced.micros,
+            model=model,
+            retry=retry,
+            depth=depth,
+            step=step,
+            final=final,
+        )
+
+    def before_model_call(
+        self,
+        *,
+        model: str | None = None,
+        input_tokens: int = 0,
+        max_output_tokens: int | None = None,
+        retry: bool = False,
+        depth: int = 0,
+        step: bool = False,
+        final: bool = False,
+        **meta: Any,
+    ) -> Ticket:
+        """Reserve a model call's worst case; raise :class:`BudgetExceeded` if it does not fit."""
+        request = self.model_request(
+            model=model,
+            input_tokens=input_tokens,
+            max_output_tokens=max_output_tokens,
+            retry=retry,
+            depth=depth,
+            step=step,
+            final=final,
+        )
+        return self.reserve(request, model=model, **meta)
+
+    def after_model_call(
+        self, ticket: Ticket, usage: TokenUsage | None, *, model: str | None = None
+    ) -> Settlement | None:
+        """Settle a model call with the tokens it really used."""
+        if model:
+            ticket.model = model
+        return self.commit(ticket, usage)
+
+    def before_tool_call(
+        self, name: str, *, retry: bool = False, depth: int = 0, step: bool = False, **meta: Any
+    ) -> Ticket:
+        """Reserve one execution of tool ``name``."""
+        return self.reserve(Request.tool_call(name, retry=retry, depth=depth, step=step), **meta)
+
+    def after_tool_call(self, ticket: Ticket, *, failed: bool = False) -> Settlement | None:
+        """Settle a tool execution (it counts whether or not it failed)."""
+        return self.commit(ticket, failed=failed)
+
+    def before_step(
+        self,
+        node: str | None = None,
+        *,
+        depth: int = 0,
+        fanout: int = 0,
+        retry: bool = False,
+        extra: Mapping[str, int] | None = None,
+    ) -> Ticket:
+        """Reserve and commit one step (steps are counted when they start)."""
+        ticket = self.reserve(Request.step(node, depth=depth, fanout=fanout, retry=retry, extra=extra), node=node)
+        self.commit(ticket)
+        return ticket
+
+    def report(self) -> dict[str, Any]:
+        """The run's usage against its limits, as plain data.
+
+        Example:
+            >>> m = Meter(Budget(max_steps=5), hooks=[])
+            >>> _ = m.before_step("a")
+            >>> m.report()["used"]["steps"]
+            1
+        """
+        view = self.usage()
+        return {
+            "run_id": self.run_id,
+            "tenant": self.tenant,
+            "workflow": self.workflow,
+            "mode": self.budget.mode,
+            "level": self.level,
+            "used": view.used,
+            "held": view.held,
+            "limits": self.run_limits,
+            "cost_usd": str(micros_to_usd(view.used.get(COST_DIMENSION, 0))),
+            "elapsed_seconds": round(self.elapsed, 3),
+            "exhausted": self.exhausted.as_dict() if self.exhausted else None,
+            "shadow_denials": dict(self.shadow_denials),
+        }
+
+
+def estimate_tokens(text: str) -> int:
+    """A cheap upper-leaning token estimate for a prompt (about 4 characters a token).
+
+    Example:
+        >>> estimate_tokens("hello world!")
+        3
+    """
+    return math.ceil(len(text) / 4)
+
+
+__all__ = ["Denial", "Meter", "Ticket", "current_meter", "default_ledger", "estimate_tokens"]
