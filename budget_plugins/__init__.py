@@ -35,6 +35,7 @@ from budget_plugins._events import (
     LoggingHook,
     read_events,
 )
+from budget_plugins._langchain import BudgetCallbackHandler, budget
 from budget_plugins._ledger import (
     AsyncLedger,
     Grant,
@@ -56,6 +57,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 __all__ = [
     "AsyncLedger",
     "Budget",
+    "BudgetCallbackHandler",
     "BudgetConfigError",
     "BudgetError",
     "BudgetEvent",
@@ -83,6 +85,7 @@ __all__ = [
     "TokenUsage",
     "UnpricedModelError",
     "__version__",
+    "budget",
     "current_meter",
     "decide",
     "lookup_price",

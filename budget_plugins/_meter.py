@@ -100,6 +100,9 @@ class Meter:
             reservation (one round trip per call on remote ledgers); defaults to
             True for ledgers that say they are remote.
         clock: Monotonic seconds for the wall-clock limit (injectable).
+        parent: An enclosing run's meter (a sub-agent's budget nested in its
+            parent's): every reservation is also held in the parent's scopes, in
+            the same atomic step, so the parent's limits keep applying.
 
     Example:
         >>> meter = Meter(Budget(max_tool_calls=1))
@@ -127,6 +130,7 @@ class Meter:
         defer_commits: bool | None = None,
         clock: Callable[[], float] = time.monotonic,
         provider: str | None = None,
+        parent: Meter | None = None,
     ) -> None:
         if not isinstance(budget, Budget):
             raise BudgetConfigError(
@@ -134,6 +138,15 @@ class Meter:
                 field="budget",
             )
         self.budget = budget
+        self.parent = parent
+        if parent is not None:
+            ledger = ledger if ledger is not None else parent.ledger
+            if ledger is not parent.ledger:
+                raise BudgetConfigError("a nested meter must use its parent's ledger (omit ledger=)", field="ledger")
+            tenant = tenant if tenant is not None else parent.tenant
+            workflow = workflow if workflow is not None else parent.workflow
+            hooks = hooks if hooks is not None else parent.hooks
+            ceilings = ceilings or ()
         self.ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
         self._aledger: AsyncLedger | None = None
         self.tenant = tenant
@@ -168,9 +181,7 @@ class Meter:
         )
         self._final_scope = Scope("run", self.run_id, tenant or "", workflow or "", dict(run_limits))
         self._ceiling_scopes = [self._ceiling_scope(c) for c in ceilings]
-        self._cost_limited = COST_DIMENSION in run_limits or any(
-            COST_DIMENSION in s.limits for s in self._ceiling_scopes
-        )
+        self._cost_limited = any(COST_DIMENSION in s.limits for s in self.scopes(final=True))
 
     def _ceiling_scope(self, ceiling: Ceiling) -> Scope:
         if not isinstance(ceiling, Ceiling):
@@ -201,8 +212,26 @@ class Meter:
     # -- scopes and views -------------------------------------------------------
 
     def scopes(self, *, final: bool = False) -> list[Scope]:
-        """The scopes a reservation is held in: the run's, then each ceiling's."""
-        return [self._final_scope if final else self._run_scope, *self._ceiling_scopes]
+        """The scopes a reservation is held in: the run's, its parents', then the ceilings."""
+        own = [self._final_scope if final else self._run_scope, *self._ceiling_scopes]
+        if self.parent is None:
+            return own
+        keys = {scope.key for scope in own}
+        return own + [scope for scope in self.parent.scopes(final=final) if scope.key not in keys]
+
+    def check(self, request: Request) -> None:
+        """Run only the run-local checks (time, depth, fan-out, failures); raise if refused.
+
+        Used where nothing is held in the ledger, e.g. entering a nested chain.
+        """
+        with self._lock:
+            now = self._clock()
+            if self._started_at is None:
+                self._started_at = now
+            started, failures = self._started_at, self._failures
+        local = check_run_local(self.budget, request, started_at=started, now=now, consecutive_failures=failures)
+        if local is not None:
+            self._refuse(Decision.deny(local), request)
 
     @property
     def aledger(self) -> AsyncLedger:
