@@ -114,6 +114,10 @@ class Meter:
         budget_plugins._errors.BudgetExceeded: Exceeded the tool_calls limit of 1 (used=1, requested=1) in run scope
     """
 
+    tenant: str | None
+    workflow: str | None
+    hooks: list[EventHook]
+
     def __init__(
         self,
         budget: Budget,
