@@ -305,6 +305,8 @@ class Meter:
         )
         if action != "allow":
             self._signal(decision, request)
+        if request.kind == "model_call":
+            meta.setdefault("model", request.name)
         return Ticket(grant.reservation_id, request, decision, **meta)
 
     def _signal(self, decision: Decision, request: Request) -> None:

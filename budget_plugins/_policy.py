@@ -189,6 +189,25 @@ class _Limits(_Frozen):
     max_cost_usd: Decimal | None = None
     """Dollars, priced from the genai-prices database (cache pricing included)."""
 
+    @field_validator(
+        "max_steps",
+        "max_model_calls",
+        "max_tool_calls",
+        "max_retries",
+        "max_input_tokens",
+        "max_output_tokens",
+        "max_total_tokens",
+        mode="before",
+    )
+    @classmethod
+    def _no_bool(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, bool):
+            raise BudgetConfigError(
+                f"{info.field_name} must be an integer, got {value!r}; use None for no limit",
+                field=info.field_name,
+            )
+        return value
+
     @field_validator("max_cost_usd", mode="before")
     @classmethod
     def _cost(cls, value: Any) -> Decimal | None:
