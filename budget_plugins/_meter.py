@@ -18,7 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -303,6 +303,9 @@ class Meter:
             scope_id,
             fraction,
         )
+        if action == "degrade" and self.budget.warn_at is not None:
+            # A jump straight past the warning threshold still warns first.
+            self._signal(replace(decision, action="warn"), request)
         if action != "allow":
             self._signal(decision, request)
         if request.kind == "model_call":
