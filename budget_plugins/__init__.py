@@ -19,6 +19,7 @@ Example:
 from importlib.metadata import PackageNotFoundError, version
 
 from budget_plugins._decide import Decision, Denial, decide
+from budget_plugins._degrade import TieredChatModel
 from budget_plugins._errors import (
     BudgetConfigError,
     BudgetError,
@@ -82,6 +83,7 @@ __all__ = [
     "ScopeUsage",
     "Settlement",
     "Ticket",
+    "TieredChatModel",
     "TokenUsage",
     "UnpricedModelError",
     "__version__",
