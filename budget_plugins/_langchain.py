@@ -150,6 +150,16 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                     parent.failed_children.discard(run.name)
         return run
 
+    @contextlib.contextmanager
+    def _forget_on_refusal(self, run_id: UUID) -> Iterator[None]:
+        """A refused start never ends: drop its bookkeeping so nothing leaks."""
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                self._runs.pop(run_id, None)
+            raise
+
     @staticmethod
     def _retry_tagged(tags: list[str] | None) -> bool:
         for tag in tags or ():
@@ -183,10 +193,12 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             with self._lock:
                 repeated = task in self._tasks
                 self._tasks.add(task)
-            ticket = self.meter.reserve(Request.step(name, depth=run.depth, retry=repeated), node=name)
+            with self._forget_on_refusal(run_id):
+                ticket = self.meter.reserve(Request.step(name, depth=run.depth, retry=repeated), node=name)
             self.meter.commit(ticket)
         elif self.budget.max_depth is not None or self.budget.max_seconds is not None:
-            self.meter.check(Request("step", {}, name, depth=run.depth))
+            with self._forget_on_refusal(run_id):
+                self.meter.check(Request("step", {}, name, depth=run.depth))
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Forget the run."""
@@ -244,17 +256,18 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         model = params.get("model_name") or params.get("model") or meta.get("ls_model_name")
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens") or meta.get("ls_max_tokens")
         run, repeated = self._enter(run_id, parent_run_id, kwargs.get("name") or "model")
-        run.ticket = self.meter.before_model_call(
-            model=model,
-            input_tokens=prompt_tokens,
-            max_output_tokens=int(max_tokens) if max_tokens else None,
-            retry=repeated or self._retry_tagged(tags),
-            depth=run.depth,
-            step=self.count_steps and not self._in_graph_step(meta),
-            node=meta.get("langgraph_node"),
-            call_id=str(run_id),
-            parent_call_id=str(parent_run_id) if parent_run_id else None,
-        )
+        with self._forget_on_refusal(run_id):
+            run.ticket = self.meter.before_model_call(
+                model=model,
+                input_tokens=prompt_tokens,
+                max_output_tokens=int(max_tokens) if max_tokens else None,
+                retry=repeated or self._retry_tagged(tags),
+                depth=run.depth,
+                step=self.count_steps and not self._in_graph_step(meta),
+                node=meta.get("langgraph_node"),
+                call_id=str(run_id),
+                parent_call_id=str(parent_run_id) if parent_run_id else None,
+            )
 
     def on_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
@@ -291,15 +304,16 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         name = str(kwargs.get("name") or (serialized or {}).get("name") or "tool")
         run, repeated = self._enter(run_id, parent_run_id, name)
         meta = metadata or {}
-        run.ticket = self.meter.before_tool_call(
-            name,
-            retry=repeated or self._retry_tagged(tags),
-            depth=run.depth,
-            step=self.count_steps and not self._in_graph_step(meta),
-            node=meta.get("langgraph_node"),
-            call_id=str(run_id),
-            parent_call_id=str(parent_run_id) if parent_run_id else None,
-        )
+        with self._forget_on_refusal(run_id):
+            run.ticket = self.meter.before_tool_call(
+                name,
+                retry=repeated or self._retry_tagged(tags),
+                depth=run.depth,
+                step=self.count_steps and not self._in_graph_step(meta),
+                node=meta.get("langgraph_node"),
+                call_id=str(run_id),
+                parent_call_id=str(parent_run_id) if parent_run_id else None,
+            )
 
     def on_tool_end(self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Settle the tool execution."""

@@ -52,6 +52,7 @@ def test_runaway_agent_stops_at_exactly_n_model_calls(limit: int) -> None:
     assert (info.value.limit, info.value.used, info.value.requested) == (limit, limit, 1)
     assert model.calls == limit
     assert len(hook.of("settle")) == limit + tool.metadata["calls"]
+    assert not handler._runs  # refused starts leave no bookkeeping behind
 
 
 @pytest.mark.parametrize(("parallel", "limit"), [(1, 5), (3, 4), (4, 8)])
