@@ -58,8 +58,8 @@ def main(argv: list[str]) -> None:
     elif command == "bench":
         run(PY, "-m", "benchmarks", *rest)
     else:
-        run(PY, "-m", "ruff", "check", "budget_plugins", "integrations", "tests", "benchmarks", "scripts")
-        run(PY, "-m", "ruff", "format", "--check", "budget_plugins", "integrations", "tests", "benchmarks", "scripts")
+        run(PY, "-m", "ruff", "check", ".")
+        run(PY, "-m", "ruff", "format", "--check", ".")
         run(PY, "-m", "mypy")
         run(PY, "-m", "pytest", *(rest or ["-q"]))
 
