@@ -17,7 +17,7 @@ import math
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
@@ -31,7 +31,7 @@ from budget_plugins._decide import (
     effective_limits,
     pressure,
 )
-from budget_plugins._errors import COST_DIMENSION, BudgetConfigError, BudgetExceeded
+from budget_plugins._errors import COST_DIMENSION, BudgetConfigError, BudgetExceeded, format_amount
 from budget_plugins._events import BudgetEvent, EventHook, LoggingHook, emit
 from budget_plugins._ledger import (
     DEFAULT_LEASE_SECONDS,
@@ -45,6 +45,9 @@ from budget_plugins._ledger import (
 from budget_plugins._policy import Budget, Ceiling, micros_to_usd
 from budget_plugins._pricing import price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
+
+REACHED_DIMENSIONS = ("model_calls", "steps", "input_tokens", "output_tokens", "total_tokens", COST_DIMENSION)
+"""What :meth:`Meter.reached` looks at by default: counters every further call needs."""
 
 current_meter: contextvars.ContextVar[Meter | None] = contextvars.ContextVar(
     "budget_plugins_current_meter", default=None
@@ -279,8 +282,10 @@ class Meter:
         with self._lock:
             self._pending[:0] = settle
 
-    def _interpret(self, grant: Grant, request: Request, scopes: Sequence[Scope], **meta: Any) -> Ticket:
-        if grant.denial is not None:
+    def _interpret(
+        self, grant: Grant, request: Request, scopes: Sequence[Scope], *, observed: bool = False, **meta: Any
+    ) -> Ticket:
+        if grant.denial is not None and not observed:
             # Raises when enforcing; in shadow mode the hold was made and this only records.
             self._refuse(Decision.deny(grant.denial), request, grant.usage)
         action: Action = "allow"
@@ -516,6 +521,105 @@ class Meter:
         for rid, amounts in pending:
             self.ledger.commit(rid, self.scopes(), amounts)
 
+    # -- observation door: what already happened, and what is used up ---------------
+
+    def _prepare_observed(self, request: Request) -> tuple[str, list[Scope], list[tuple[str, dict[str, int]]]]:
+        with self._lock:
+            if self._started_at is None:
+                self._started_at = self._clock()
+            settle, self._pending = self._pending, []
+        return uuid.uuid4().hex, self.scopes(final=request.final), settle
+
+    def record(self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any) -> Ticket:
+        """Account for a call that already happened, seen after the fact.
+
+        For adapters that only observe (e.g. a termination condition reading a
+        finished turn's events): the request is held and settled like a guarded
+        call but never refused, since it cannot be undone. Warn/degrade levels
+        and events still apply; a limit it overran shows in :meth:`reached`.
+
+        Example:
+            >>> m = Meter(Budget(max_tool_calls=1), hooks=[])
+            >>> for _ in range(2):
+            ...     _ = m.record(Request.tool_call("search"))
+            >>> m.usage().used["tool_calls"], m.reached(["tool_calls"]).used
+            (2, 2)
+        """
+        rid, scopes, settle = self._prepare_observed(request)
+        try:
+            grant = self.ledger.reserve(
+                rid, scopes, request.amounts, lease_seconds=self.lease_seconds, enforce=False, settle=settle
+            )
+        except BaseException:
+            self._requeue(settle)
+            raise
+        ticket = self._interpret(grant, request, scopes, observed=True, **meta)
+        self.commit(ticket, usage, failed=failed)
+        return ticket
+
+    def reached(self, dimensions: Iterable[str] | None = None) -> BudgetExceeded | None:
+        """The first limit already used up, or ``None``; asks for nothing and records nothing.
+
+        A limit is used up when its used plus held amount is at or over it, in the
+        run scope or any ceiling (the finalization reserve counts as used up), or
+        when the wall-clock limit has passed. For guards that can only stop
+        *between* calls, such as a termination condition: refusals of the next
+        call still come from :meth:`reserve`.
+
+        Args:
+            dimensions: The counters to look at; by default those every further
+                call needs (model calls, steps, tokens, cost). Tool-call, per-tool
+                and retry limits are left out by default: a further turn may not
+                need them, and their refusals come from :meth:`reserve`.
+
+        Returns:
+            The facts as a :class:`BudgetExceeded` (not raised), or ``None``.
+
+        Example:
+            >>> m = Meter(Budget(max_model_calls=1), hooks=[])
+            >>> m.reached() is None
+            True
+            >>> _ = m.after_model_call(m.before_model_call(), None)
+            >>> print(m.reached())
+            Reached the model_calls limit of 1 (used=1) in run scope
+        """
+        self.flush()
+        return self._reached([self.ledger.snapshot(scope) for scope in self.scopes()], dimensions)
+
+    def _reached(self, views: Sequence[ScopeUsage], dimensions: Iterable[str] | None) -> BudgetExceeded | None:
+        wanted = set(REACHED_DIMENSIONS if dimensions is None else dimensions)
+        with self._lock:
+            started, now = self._started_at, self._clock()
+        if started is not None:
+            late = check_run_local(
+                self.budget, Request("step", {}), started_at=started, now=now, consecutive_failures=0
+            )
+            if late is not None:
+                return self._reached_error(late.dimension, late.limit, late.used, "run", self.run_id, views)
+        for scope, view in zip(self.scopes(), views, strict=False):
+            for dimension, limit in scope.limits.items():
+                if dimension in wanted and view.in_use(dimension) >= limit:
+                    return self._reached_error(dimension, limit, view.in_use(dimension), scope.kind, scope.id, views)
+        return None
+
+    @staticmethod
+    def _reached_error(
+        dimension: str, limit: int | float, used: int | float, scope: str, scope_id: str, views: Sequence[ScopeUsage]
+    ) -> BudgetExceeded:
+        return BudgetExceeded(
+            dimension,
+            limit=limit,
+            used=used,
+            requested=0,
+            scope=scope,
+            scope_id=scope_id,
+            usage={view.scope_id: view.as_dict() for view in views},
+            message=(
+                f"Reached the {dimension} limit of {format_amount(dimension, limit)} "
+                f"(used={format_amount(dimension, used)}) in {scope} scope"
+            ),
+        )
+
     # -- async door -------------------------------------------------------------
 
     async def areserve(self, request: Request, **meta: Any) -> Ticket:
@@ -534,6 +638,34 @@ class Meter:
             self._requeue(settle)
             raise
         return self._interpret(grant, request, scopes, **meta)
+
+    async def arecord(
+        self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any
+    ) -> Ticket:
+        """Async twin of :meth:`record`."""
+        rid, scopes, settle = self._prepare_observed(request)
+        try:
+            grant = await self.aledger.reserve(
+                rid, scopes, request.amounts, lease_seconds=self.lease_seconds, enforce=False, settle=settle
+            )
+        except BaseException:
+            self._requeue(settle)
+            raise
+        ticket = self._interpret(grant, request, scopes, observed=True, **meta)
+        await self.acommit(ticket, usage, failed=failed)
+        return ticket
+
+    async def areached(self, dimensions: Iterable[str] | None = None) -> BudgetExceeded | None:
+        """Async twin of :meth:`reached`."""
+        await self.aflush()
+        return self._reached([await self.aledger.snapshot(scope) for scope in self.scopes()], dimensions)
+
+    async def aflush(self) -> None:
+        """Async twin of :meth:`flush`."""
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for rid, amounts in pending:
+            await self.aledger.commit(rid, self.scopes(), amounts)
 
     async def acommit(
         self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False
@@ -688,4 +820,4 @@ def estimate_tokens(text: str) -> int:
     return math.ceil(len(text) / 4)
 
 
-__all__ = ["Denial", "Meter", "Ticket", "current_meter", "default_ledger", "estimate_tokens"]
+__all__ = ["REACHED_DIMENSIONS", "Denial", "Meter", "Ticket", "current_meter", "default_ledger", "estimate_tokens"]
