@@ -1,0 +1,26 @@
+-- extend: push a live hold's expiry to server now + lease.
+--
+-- KEYS[1]          {tag}:i        sweeper index
+-- KEYS[2]          {tag}:r:<rid>  the reservation
+-- KEYS[3 .. 2+2n]  {tag}:s:<token>, {tag}:z:<token> for each scope, in order
+-- ARGV[1]  JSON {lease = ms, tomb = tombstone ms, sweep = max holds swept per scope, sc = [scope descriptor, ...]}
+-- Returns 1 when the hold was live and is extended, 0 when it is gone.
+
+local ikey, rkey = KEYS[1], KEYS[2]
+local p = cjson.decode(ARGV[1])
+local now = bp_now_ms()
+local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
+local record = redis.call('HMGET', rkey, 'st', 'm', 'e')
+if not bp_live(record, now) then
+  return 0
+end
+local expires = now + p.lease
+for _, sc in ipairs(scopes) do
+  if redis.call('ZADD', sc.z, 'XX', 'CH', expires, record[2]) == 1 then
+    bp_reindex(ikey, sc)
+  end
+end
+redis.call('HSET', rkey, 'e', expires)
+redis.call('PEXPIRE', rkey, p.lease + p.tomb)
+bp_touch(scopes)
+return 1

@@ -1,0 +1,259 @@
+-- budget_plugins shared Lua library: prepended to every script below (not a script itself).
+--
+-- Key layout (all keys of one call share the hash tag {<namespace>:<tenant digest>}):
+--   {tag}:i            ZSET  scope token -> earliest lease expiry (ms) among its holds (sweeper index)
+--   {tag}:s:<token>    HASH  one scope's counters:
+--                              b                current calendar bucket (windowed scopes only)
+--                              u:<bucket>:<dim> used in that bucket ("" bucket when unwindowed)
+--                              h:<dim>          held by live reservations
+--                              L                the scope's limits (JSON, written by the client)
+--   {tag}:z:<token>    ZSET  the scope's live holds: member = "<amounts JSON>\n<rid>", score = expiry (ms)
+--   {tag}:r:<rid>      HASH  one reservation: st (held|released|committed), m (its member), e (expiry ms),
+--                              s:<token> -> bucket it was reserved in; a tombstone (TTL) once settled
+--
+-- Invariant: a scope's h:<dim> is always the sum of the amounts of the members of its z key. Held is
+-- only ever decremented together with a ZREM that removed the member, so sweeps, commits and releases
+-- racing each other can never give a hold back twice.
+--
+-- Amounts are decimal strings end to end (HINCRBY does the integer arithmetic in Redis); Lua numbers
+-- are used only to compare (exact below 2^53, which the client enforces) and never turned into text.
+-- Time is the server's TIME, never the client's clock.
+
+if redis.replicate_commands then
+  pcall(redis.replicate_commands)
+end
+
+local function bp_now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Days since 1970-01-01 -> year, month, day (proleptic Gregorian; H. Hinnant's civil_from_days).
+local function bp_civil_from_days(z)
+  z = z + 719468
+  local era = math.floor(z / 146097)
+  local doe = z - era * 146097
+  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524) - math.floor(doe / 146096)) / 365)
+  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
+  local mp = math.floor((5 * doy + 2) / 153)
+  local d = doy - math.floor((153 * mp + 2) / 5) + 1
+  local m = mp + 3
+  if mp >= 10 then m = mp - 9 end
+  local y = yoe + era * 400
+  if m <= 2 then y = y + 1 end
+  return y, m, d
+end
+
+-- Year, month, day -> days since 1970-01-01 (H. Hinnant's days_from_civil).
+local function bp_days_from_civil(y, m, d)
+  if m <= 2 then y = y - 1 end
+  local era = math.floor(y / 400)
+  local yoe = y - era * 400
+  local mp = m - 3
+  if m <= 2 then mp = m + 9 end
+  local doy = math.floor((153 * mp + 2) / 5) + d - 1
+  local doe = yoe * 365 + math.floor(yoe / 4) - math.floor(yoe / 100) + doy
+  return era * 146097 + doe - 719468
+end
+
+-- The calendar bucket (UTC) of a moment, formatted exactly like budget_plugins.window_bucket.
+local function bp_bucket(window, now_ms)
+  if window == '' then
+    return ''
+  end
+  local secs = math.floor(now_ms / 1000)
+  local days = math.floor(secs / 86400)
+  local y, m, d = bp_civil_from_days(days)
+  if window == 'hour' then
+    return string.format('%04d-%02d-%02dT%02d', y, m, d, math.floor((secs - days * 86400) / 3600))
+  elseif window == 'day' then
+    return string.format('%04d-%02d-%02d', y, m, d)
+  elseif window == 'month' then
+    return string.format('%04d-%02d', y, m)
+  elseif window == 'week' then
+    -- ISO 8601: the week belongs to the year of its Thursday; 1970-01-01 was a Thursday.
+    local weekday = (days + 3) % 7
+    local thursday = days - weekday + 3
+    local ty = bp_civil_from_days(thursday)
+    local week = math.floor((thursday - bp_days_from_civil(ty, 1, 1)) / 7) + 1
+    return string.format('%04d-W%02d', ty, week)
+  end
+  error('budget_plugins: unknown window ' .. window)
+end
+
+-- The amounts list [[dim, "n"], ...] carried by a hold member.
+local function bp_member_amounts(member)
+  local cut = string.find(member, '\n', 1, true)
+  return cjson.decode(string.sub(member, 1, cut - 1))
+end
+
+local function bp_add_held(skey, amounts, negative)
+  for _, pair in ipairs(amounts) do
+    local amount = pair[2]
+    if amount ~= '0' then
+      local field = 'h:' .. pair[1]
+      if negative then
+        amount = '-' .. amount
+      end
+      if redis.call('HINCRBY', skey, field, amount) == 0 then
+        redis.call('HDEL', skey, field)
+      end
+    end
+  end
+end
+
+local function bp_add_used(skey, bucket, amounts)
+  for _, pair in ipairs(amounts) do
+    if pair[2] ~= '0' then
+      redis.call('HINCRBY', skey, 'u:' .. bucket .. ':' .. pair[1], pair[2])
+    end
+  end
+end
+
+-- Keep the sweeper index at the scope's earliest expiry (or drop the scope when it holds nothing).
+local function bp_reindex(ikey, sc)
+  local first = redis.call('ZRANGE', sc.z, 0, 0, 'WITHSCORES')
+  if first[1] then
+    redis.call('ZADD', ikey, first[2], sc.t)
+  else
+    redis.call('ZREM', ikey, sc.t)
+  end
+end
+
+-- Return up to `limit` expired holds of one scope; the count returned.
+local function bp_sweep(ikey, sc, now, limit)
+  local due = redis.call('ZRANGEBYSCORE', sc.z, '-inf', now, 'LIMIT', 0, limit)
+  for _, member in ipairs(due) do
+    if redis.call('ZREM', sc.z, member) == 1 then
+      bp_add_held(sc.s, bp_member_amounts(member), true)
+    end
+  end
+  if #due > 0 then
+    bp_reindex(ikey, sc)
+  end
+  return #due
+end
+
+-- A new calendar window starts from zero: keep the new and the previous bucket's used, drop older ones.
+local function bp_rollover(sc)
+  local current = redis.call('HGET', sc.s, 'b')
+  if current == sc.b then
+    return
+  end
+  if current then
+    local keep_new, keep_old = 'u:' .. sc.b .. ':', 'u:' .. current .. ':'
+    for _, field in ipairs(redis.call('HKEYS', sc.s)) do
+      if string.sub(field, 1, 2) == 'u:' and string.sub(field, 1, #keep_new) ~= keep_new
+          and string.sub(field, 1, #keep_old) ~= keep_old then
+        redis.call('HDEL', sc.s, field)
+      end
+    end
+  end
+  redis.call('HSET', sc.s, 'b', sc.b)
+end
+
+-- Scope descriptors from the payload: {t = token, w = window, l = [[dim, "limit"]], L = limits JSON,
+-- x = idle TTL ms (0 = none)}, their keys at KEYS[first], KEYS[first + 1], ... (s, z pairs). Each
+-- scope is swept and rolled over to the current window before anything reads it.
+local function bp_scopes(ikey, descriptors, first, now, sweep_limit)
+  local scopes = {}
+  for i, d in ipairs(descriptors) do
+    local sc = {s = KEYS[first + 2 * (i - 1)], z = KEYS[first + 2 * (i - 1) + 1], t = d.t, w = d.w,
+                b = bp_bucket(d.w, now), x = d.x, limits = {}}
+    for _, pair in ipairs(d.l) do
+      sc.limits[pair[1]] = pair[2]
+    end
+    bp_sweep(ikey, sc, now, sweep_limit)
+    if sc.w ~= '' then
+      bp_rollover(sc)
+    end
+    if d.L ~= '' and redis.call('HGET', sc.s, 'L') ~= d.L then
+      redis.call('HSET', sc.s, 'L', d.L)
+    end
+    scopes[i] = sc
+  end
+  return scopes
+end
+
+-- Idle expiry for ephemeral (run) scopes, refreshed on every write.
+local function bp_touch(scopes)
+  for _, sc in ipairs(scopes) do
+    if sc.x > 0 then
+      redis.call('PEXPIRE', sc.s, sc.x)
+      redis.call('PEXPIRE', sc.z, sc.x)
+    end
+  end
+end
+
+-- One scope as the client decodes it: {bucket, HGETALL of its hash, live holds}.
+local function bp_views(scopes)
+  local views = {}
+  for i, sc in ipairs(scopes) do
+    views[i] = {sc.b, redis.call('HGETALL', sc.s), redis.call('ZCARD', sc.z)}
+  end
+  return views
+end
+
+-- The first requested dimension (in request order) that does not fit: mirrors budget_plugins.find_denial.
+local function bp_find_denial(sc, requested)
+  for _, pair in ipairs(requested) do
+    local dim, amount = pair[1], pair[2]
+    local limit = sc.limits[dim]
+    if amount ~= '0' and limit then
+      local used = redis.call('HGET', sc.s, 'u:' .. sc.b .. ':' .. dim) or '0'
+      local held = redis.call('HGET', sc.s, 'h:' .. dim) or '0'
+      if tonumber(used) + tonumber(held) + tonumber(amount) > tonumber(limit) then
+        return {dim, limit, used, held, amount}
+      end
+    end
+  end
+  return nil
+end
+
+-- Is the reservation record a live hold?
+local function bp_live(record, now)
+  return record[1] == 'held' and tonumber(record[3]) > now
+end
+
+-- Give a live hold back in every listed scope (holds in scopes not listed run out with their lease).
+local function bp_unhold(ikey, rkey, member, scopes)
+  for _, sc in ipairs(scopes) do
+    if redis.call('ZREM', sc.z, member) == 1 then
+      bp_add_held(sc.s, bp_member_amounts(member), true)
+      bp_reindex(ikey, sc)
+    end
+  end
+end
+
+-- Commit one reservation with its actual amounts; idempotent by reservation id.
+-- Returns {status, hold amounts JSON or ""}; status is committed|duplicate|expired|unknown.
+local function bp_settle(ikey, rkey, scopes, actual, now, tomb_ms)
+  local record = redis.call('HMGET', rkey, 'st', 'm', 'e')
+  local st, member = record[1], record[2]
+  if st == 'committed' then
+    return {'duplicate', ''}
+  end
+  local status, hold = 'unknown', ''
+  if st == 'held' then
+    hold = string.sub(member, 1, string.find(member, '\n', 1, true) - 1)
+    if bp_live(record, now) then
+      status = 'committed'
+    else
+      status = 'expired'
+    end
+    bp_unhold(ikey, rkey, member, scopes)
+  elseif st then
+    status = 'expired' -- released before: the spend still happened (as the in-memory ledger reports it)
+  end
+  for _, sc in ipairs(scopes) do
+    -- A commit charges the window the call was reserved in.
+    local bucket = sc.b
+    if st then
+      bucket = redis.call('HGET', rkey, 's:' .. sc.t) or sc.b
+    end
+    bp_add_used(sc.s, bucket, actual)
+  end
+  redis.call('HSET', rkey, 'st', 'committed')
+  redis.call('PEXPIRE', rkey, tomb_ms)
+  return {status, hold}
+end

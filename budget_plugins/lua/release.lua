@@ -1,0 +1,21 @@
+-- release: give a live hold back (idempotent by reservation id).
+--
+-- KEYS[1]          {tag}:i        sweeper index
+-- KEYS[2]          {tag}:r:<rid>  the reservation
+-- KEYS[3 .. 2+2n]  {tag}:s:<token>, {tag}:z:<token> for each scope, in order
+-- ARGV[1]  JSON {tomb = tombstone ms, sweep = max holds swept per scope, sc = [scope descriptor, ...]}
+-- Returns 1 when a live hold was released, 0 when it was already gone (settled, released or expired).
+
+local ikey, rkey = KEYS[1], KEYS[2]
+local p = cjson.decode(ARGV[1])
+local now = bp_now_ms()
+local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
+local record = redis.call('HMGET', rkey, 'st', 'm', 'e')
+if not bp_live(record, now) then
+  return 0
+end
+bp_unhold(ikey, rkey, record[2], scopes)
+redis.call('HSET', rkey, 'st', 'released')
+redis.call('PEXPIRE', rkey, p.tomb)
+bp_touch(scopes)
+return 1

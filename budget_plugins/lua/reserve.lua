@@ -1,0 +1,57 @@
+-- reserve: settle earlier reservations, then check every limit of every scope and hold the request in
+-- all of them or in none (one atomic step, one round trip per guarded call).
+--
+-- KEYS[1]                  {tag}:i        sweeper index
+-- KEYS[2]                  {tag}:r:<rid>  the new reservation
+-- KEYS[3 .. 2+2n]          {tag}:s:<token>, {tag}:z:<token> for each of the n scopes, in order
+-- KEYS[3+2n .. 2+2n+k]     {tag}:r:<rid>  for each of the k reservations to settle first
+-- ARGV[1]  JSON {a = [[dim, "amount"], ...] (request order), m = hold member ("<sorted amounts JSON>\n<rid>"),
+--                lease = ms, enf = bool, tomb = tombstone ms, sweep = max holds swept per scope,
+--                sc = [scope descriptor, ...] (see bp_scopes), st = [[[dim, "actual"], ...], ...]}
+-- Returns {outcome, denial, views}:
+--   outcome  "granted" | "denied" | "duplicate" | "conflict" (same id, other amounts)
+--   denial   {} or {scope index (1-based), dim, limit, used, held, requested} (strings)
+--   views    per scope {bucket, HGETALL of the scope hash, live holds}
+
+local ikey, rkey = KEYS[1], KEYS[2]
+local p = cjson.decode(ARGV[1])
+local now = bp_now_ms()
+local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
+local settle_first = 3 + 2 * #p.sc
+for j, actual in ipairs(p.st) do
+  bp_settle(ikey, KEYS[settle_first + j - 1], scopes, actual, now, p.tomb)
+end
+
+local record = redis.call('HMGET', rkey, 'st', 'm', 'e')
+if record[1] then
+  bp_touch(scopes)
+  if bp_live(record, now) and record[2] ~= p.m then
+    return {'conflict', {}, bp_views(scopes)}
+  end
+  return {'duplicate', {}, bp_views(scopes)}
+end
+
+local denial = {}
+for i, sc in ipairs(scopes) do
+  local found = bp_find_denial(sc, p.a)
+  if found then
+    denial = {i, found[1], found[2], found[3], found[4], found[5]}
+    break
+  end
+end
+if denial[1] and p.enf then
+  bp_touch(scopes)
+  return {'denied', denial, bp_views(scopes)}
+end
+
+local expires = now + p.lease
+redis.call('HSET', rkey, 'st', 'held', 'm', p.m, 'e', expires)
+for _, sc in ipairs(scopes) do
+  bp_add_held(sc.s, p.a, false)
+  redis.call('ZADD', sc.z, expires, p.m)
+  redis.call('ZADD', ikey, 'LT', expires, sc.t)
+  redis.call('HSET', rkey, 's:' .. sc.t, sc.b)
+end
+redis.call('PEXPIRE', rkey, p.lease + p.tomb)
+bp_touch(scopes)
+return {'granted', denial, bp_views(scopes)}
