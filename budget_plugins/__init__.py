@@ -17,6 +17,7 @@ Example:
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from budget_plugins._decide import Decision, Denial, decide
 from budget_plugins._degrade import TieredChatModel
@@ -50,13 +51,37 @@ from budget_plugins._policy import Budget, Ceiling, Price
 from budget_plugins._pricing import PricedCall, lookup_price, price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
+if TYPE_CHECKING:
+    from budget_plugins._ledger_url import ledger_from_url
+    from budget_plugins._redis import AsyncRedisLedger, RedisLedger
+
 try:
     __version__ = version("budget-plugins")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
+_LAZY = {
+    "AsyncRedisLedger": "budget_plugins._redis",
+    "RedisLedger": "budget_plugins._redis",
+    "ledger_from_url": "budget_plugins._ledger_url",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # Redis names are imported on first use, so `import budget_plugins` never imports redis.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'budget_plugins' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
     "AsyncLedger",
+    "AsyncRedisLedger",
     "Budget",
     "BudgetCallbackHandler",
     "BudgetConfigError",
@@ -77,6 +102,7 @@ __all__ = [
     "Meter",
     "Price",
     "PricedCall",
+    "RedisLedger",
     "Request",
     "ReservationError",
     "Scope",
@@ -90,6 +116,7 @@ __all__ = [
     "budget",
     "current_meter",
     "decide",
+    "ledger_from_url",
     "lookup_price",
     "price_tokens",
     "read_events",
