@@ -10,8 +10,10 @@ from budget_plugins import InMemoryLedger, Ledger
 
 LedgerFactory = Callable[[], Ledger]
 
-STORES = ["memory"]
+STORES = ["memory", "redis", "redis_cluster"]
 """Every ledger implementation the contract suite runs against (Redis adds its own)."""
+
+pytest_plugins = ["conftest_redis"]  # Redis servers and ledger factories (tests/conftest_redis.py)
 
 
 @pytest.fixture(params=STORES)
@@ -19,6 +21,9 @@ def ledger_factory(request: pytest.FixtureRequest) -> Iterator[LedgerFactory]:
     """A factory of fresh, isolated ledgers of one store kind."""
     if request.param == "memory":
         yield InMemoryLedger
+        return
+    if request.param in ("redis", "redis_cluster"):
+        yield request.getfixturevalue(f"{request.param}_ledger_factory")
         return
     raise AssertionError(f"unknown store {request.param}")  # pragma: no cover
 
