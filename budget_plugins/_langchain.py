@@ -30,6 +30,10 @@ from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 _RETRY_TAG = re.compile(r"^retry:attempt:(\d+)$")
 
+FINAL_METADATA_KEY = "budget_final"
+"""Run metadata flag marking a wrap-up model call that may use ``Budget.finalization_reserve``:
+``model.invoke(msgs, config={"metadata": {"budget_final": True}, ...})``."""
+
 
 class _Run:
     __slots__ = ("depth", "failed_children", "name", "ticket")
@@ -264,6 +268,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                 retry=repeated or self._retry_tagged(tags),
                 depth=run.depth,
                 step=self.count_steps and not self._in_graph_step(meta),
+                final=bool(meta.get(FINAL_METADATA_KEY)),
                 node=meta.get("langgraph_node"),
                 call_id=str(run_id),
                 parent_call_id=str(parent_run_id) if parent_run_id else None,

@@ -331,3 +331,18 @@ def test_shadow_mode_runs_unguarded_and_records_would_denials() -> None:
     assert tool.metadata["calls"] == 6
     assert handler.meter.shadow_denials == {"tool_calls": 4}
     assert {e.kind for e in hook.events if e.shadow} >= {"would_deny", "warn", "degrade"}
+
+
+def test_finalization_reserve_lets_a_marked_final_answer_through() -> None:
+    model = endless_text()
+    handler, _ = guard(max_model_calls=10, finalization_reserve=0.2)
+    for i in range(8):
+        model.invoke(str(i), {"callbacks": [handler]})
+    with pytest.raises(BudgetExceeded):
+        model.invoke("one more step", {"callbacks": [handler]})
+    final = {"callbacks": [handler], "metadata": {"budget_final": True}}
+    model.invoke("final answer", final)
+    model.invoke("final answer 2", final)
+    with pytest.raises(BudgetExceeded):
+        model.invoke("final answer 3", final)
+    assert model.calls == 10
