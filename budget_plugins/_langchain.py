@@ -154,6 +154,13 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                     parent.failed_children.discard(run.name)
         return run
 
+    def _root_done(self, parent_run_id: UUID | None) -> None:
+        # Remote ledgers settle a call together with the next reservation; when the
+        # outermost run ends there is no next one, so settle now: usage is never left
+        # to expire with its lease.
+        if parent_run_id is None and self.meter.defer_commits:
+            self.meter.flush()
+
     @contextlib.contextmanager
     def _forget_on_refusal(self, run_id: UUID) -> Iterator[None]:
         """A refused start never ends: drop its bookkeeping so nothing leaks."""
@@ -205,14 +212,16 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                 self.meter.check(Request("step", {}, name, depth=run.depth))
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
-        """Forget the run."""
+        """Forget the run; settle deferred commits when the root run ends."""
         self._exit(run_id, parent_run_id, failed=False)
+        self._root_done(parent_run_id)
 
     def on_chain_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
     ) -> None:
         """Forget the run, remembering the failure for retry detection."""
         self._exit(run_id, parent_run_id, failed=True)
+        self._root_done(parent_run_id)
 
     # -- models ---------------------------------------------------------------------
 
@@ -283,6 +292,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             return
         usage, model = _usage_of(response)
         self.meter.after_model_call(run.ticket, usage, model=model)
+        self._root_done(parent_run_id)
 
     def on_llm_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
@@ -291,6 +301,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         run = self._exit(run_id, parent_run_id, failed=True)
         if run is not None and run.ticket is not None:
             self.meter.commit(run.ticket, failed=True)
+        self._root_done(parent_run_id)
 
     # -- tools ----------------------------------------------------------------------
 
@@ -325,6 +336,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         run = self._exit(run_id, parent_run_id, failed=False)
         if run is not None and run.ticket is not None:
             self.meter.after_tool_call(run.ticket)
+        self._root_done(parent_run_id)
 
     def on_tool_error(
         self, error: BaseException, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
@@ -333,6 +345,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         run = self._exit(run_id, parent_run_id, failed=True)
         if run is not None and run.ticket is not None:
             self.meter.after_tool_call(run.ticket, failed=True)
+        self._root_done(parent_run_id)
 
     def on_retry(self, retry_state: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Count a retry announced by a component that fires ``on_retry``."""
