@@ -27,7 +27,7 @@ from budget_plugins._errors import (
     format_amount,
 )
 from budget_plugins._events import BudgetEvent
-from budget_plugins._ledger import Ledger, Scope
+from budget_plugins._ledger import Ledger, Scope, window_bucket
 from budget_plugins._policy import Budget, Price, Window
 from budget_plugins._report import SpendRow, recommend, summarize
 
@@ -435,11 +435,10 @@ def _recommend(args: argparse.Namespace, out: TextIO) -> int:
 _WINDOWS = ("none", "hour", "day", "week", "month")
 
 
-def _open_ledger(url: str) -> Ledger:
-    from budget_plugins import ledger_from_url  # type: ignore[attr-defined]
+def _open_ledger(url: str, namespace: str | None) -> Ledger:
+    from budget_plugins._ledger_url import ledger_from_url
 
-    ledger: Ledger = ledger_from_url(url)
-    return ledger
+    return ledger_from_url(url, **({"namespace": namespace} if namespace else {}))
 
 
 def status_rows(
@@ -449,41 +448,47 @@ def status_rows(
     workflow: str | None = None,
     run: str | None = None,
     windows: Sequence[Window | None] = (None, "hour", "day", "week", "month"),
+    every_dimension: bool = False,
 ) -> list[list[str]]:
-    """One row per scope, window and dimension that has a limit or usage: the ``status`` table.
+    """One row per scope, window and dimension: the ``status`` table.
+
+    Shown per scope: the dimensions that have a limit, and the spend; with
+    ``every_dimension`` (or when a scope has neither) every counter it keeps.
 
     Scopes are looked up exactly as the writers keyed them: the tenant scope
     by tenant, the workflow scope by tenant and workflow, the run scope by
-    tenant, workflow and run id; ceilings by their window. Run scopes have no
-    window. Columns: scope, window, dimension, limit, used, held, remaining, used %.
+    tenant, workflow and run id; ceilings by their window (shown with the
+    current bucket, e.g. ``month 2026-11``). Run scopes have no window.
+    Columns: scope, window, dimension, limit, used, held, remaining, used %.
 
     Example:
         >>> from budget_plugins import InMemoryLedger, Scope
         >>> ledger = InMemoryLedger()
         >>> tenant = Scope("tenant", "acme", tenant="acme", limits={"model_calls": 10}, window="month")
         >>> _ = ledger.reserve("r1", [tenant], {"model_calls": 4})
-        >>> status_rows(ledger, tenant="acme")
-        [['tenant acme', 'month', 'model_calls', '10', '0', '4', '6', '40%']]
+        >>> [(row[0], row[1].split()[0], *row[2:]) for row in status_rows(ledger, tenant="acme")]
+        [('tenant acme', 'month', 'model_calls', '10', '0', '4', '6', '40%')]
     """
-    scopes: list[tuple[str, Scope]] = []
-    for window in windows:
-        scopes.append((f"tenant {tenant}", Scope("tenant", tenant, tenant, workflow or "", window=window)))
-        if workflow:
-            scopes.append((f"workflow {workflow}", Scope("workflow", workflow, tenant, workflow, window=window)))
+    scopes = [(f"tenant {tenant}", Scope("tenant", tenant, tenant, workflow or "", window=w)) for w in windows]
+    if workflow:
+        scopes += [(f"workflow {workflow}", Scope("workflow", workflow, tenant, workflow, window=w)) for w in windows]
     if run:
         scopes.append((f"run {run}", Scope("run", run, tenant, workflow or "")))
     rows: list[list[str]] = []
+    now = time.time()
     for label, scope in scopes:
         usage = ledger.snapshot(scope)
-        dimensions = sorted(set(usage.limits) | set(usage.used) | set(usage.held), key=_dimension_order)
-        for dimension in dimensions:
+        shown_window = f"{scope.window} {window_bucket(scope.window, now)}" if scope.window else "-"
+        kept = set(usage.limits) | set(usage.used) | set(usage.held)
+        wanted = kept if every_dimension else {d for d in kept if d in usage.limits or d == COST_DIMENSION}
+        for dimension in sorted(wanted or kept, key=_dimension_order):
             limit = usage.limits.get(dimension)
             remaining = usage.remaining(dimension)
             in_use = usage.in_use(dimension)
             rows.append(
                 [
                     label,
-                    scope.window or "-",
+                    shown_window,
                     dimension,
                     format_amount(dimension, limit) if limit is not None else "-",
                     format_amount(dimension, usage.used.get(dimension, 0)),
@@ -501,12 +506,23 @@ def _dimension_order(dimension: str) -> tuple[int, str]:
 
 def _status(args: argparse.Namespace, out: TextIO) -> int:
     windows = [None if w == "none" else cast("Window", w) for w in (args.window or _WINDOWS)]
+    ledger = _open_ledger(args.ledger, args.namespace)
     try:
-        ledger = _open_ledger(args.ledger)
-        rows = status_rows(ledger, tenant=args.tenant, workflow=args.workflow, run=args.run, windows=windows)
+        rows = status_rows(
+            ledger,
+            tenant=args.tenant,
+            workflow=args.workflow,
+            run=args.run,
+            windows=windows,
+            every_dimension=args.all,
+        )
     except LedgerUnavailable as exc:
         print(f"budget-plugins: ledger unavailable: {exc}", file=sys.stderr)
         return 1
+    finally:
+        close = getattr(ledger, "close", None)
+        if callable(close):
+            close()
     where = f"tenant {args.tenant}" + (f", workflow {args.workflow}" if args.workflow else "")
     where += f", run {args.run}" if args.run else ""
     print(f"{args.ledger}: {where}", file=out)
@@ -589,6 +605,8 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--tenant", required=True)
     status.add_argument("--workflow")
     status.add_argument("--run", metavar="RUN_ID", help="also show this run scope")
+    status.add_argument("--all", action="store_true", help="every counter, not only the limited ones and spend")
+    status.add_argument("--namespace", help="the Redis ledger's namespace, if the writers set one (default bp)")
     status.add_argument(
         "--window",
         action="append",

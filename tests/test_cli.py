@@ -6,6 +6,7 @@ import math
 import re
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +24,8 @@ from budget_plugins import (
     JsonlHook,
     read_events,
 )
-from budget_plugins._cli import format_usd, main, status_rows
+from budget_plugins._cli import format_share, format_usd, main, status_rows
+from budget_plugins._errors import format_amount
 from budget_plugins._report import recommend, summarize
 from budget_plugins.testing import Turn, counting_tool, runaway_model, scripted_model
 
@@ -345,7 +347,7 @@ def test_status_shows_each_scope_as_the_writers_keyed_it(recorded: Recorded) -> 
     research = recorded.research[-1]
     run_id = research.meter.run_id
     rows = status_rows(recorded.ledger, tenant="acme", workflow="research", run=run_id)
-    by_key = {(r[0], r[1], r[2]): r for r in rows}
+    by_key = {(r[0], r[1].split()[0], r[2]): r for r in rows}
     tenant_cost = by_key["tenant acme", "month", "cost_usd"]
     acme = [*recorded.research, *recorded.support]
     assert tenant_cost[3] == "$50"
@@ -362,3 +364,70 @@ def test_status_finds_nothing_under_the_wrong_window_or_workflow(recorded: Recor
     assert status_rows(recorded.ledger, tenant="acme", windows=["day"]) == []
     run_id = recorded.research[0].meter.run_id
     assert status_rows(recorded.ledger, tenant="acme", workflow="support", run=run_id, windows=[]) == []
+
+
+def test_status_command_on_an_empty_ledger_says_what_to_check(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_cli(capsys, "status", "--ledger", "memory://", "--tenant", "acme", "--workflow", "research")
+    assert "memory://: tenant acme, workflow research" in out
+    assert "nothing recorded" in out
+
+
+def test_status_command_reads_live_usage_from_redis(
+    redis_ledger_factory: Any, redis_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    namespace = "cli" + uuid.uuid4().hex[:8]
+    ledger = redis_ledger_factory(namespace=namespace)
+    handler = BudgetCallbackHandler(
+        Budget(max_tool_calls=4),
+        ledger=ledger,
+        ceilings=[
+            Ceiling(scope="tenant", max_cost_usd="20", window="month"),
+            Ceiling(scope="workflow", max_model_calls=500),
+        ],
+        tenant="acme",
+        workflow="support",
+        hooks=[],
+    )
+    with pytest.raises(BudgetExceeded):
+        create_agent(runaway_model(model_name="gpt-4o"), [counting_tool("search")]).invoke(GO, {"callbacks": [handler]})
+    report = handler.report()  # flushes the settlement deferred to the next reserve
+    run_id = handler.meter.run_id
+    out = run_cli(
+        capsys,
+        "status", "--ledger", redis_url, "--namespace", namespace,
+        "--tenant", "acme", "--workflow", "support", "--run", run_id,
+    )  # fmt: skip
+    cost = Decimal(report["cost_usd"])
+    calls = report["used"]["model_calls"]
+    rows = {(row[0], row[2]): row for row in (re.split(r"\s{2,}", line.strip()) for line in out.splitlines()[2:])}
+    tenant_cost = rows["tenant acme", "cost_usd"]
+    assert tenant_cost[1].startswith("month ")
+    assert tenant_cost[3:] == [
+        "$20",
+        format_amount("cost_usd", int(cost * 1_000_000)),
+        "$0",
+        format_amount("cost_usd", int((20 - cost) * 1_000_000)),
+        format_share(cost / 20),
+    ]
+    workflow_calls = rows["workflow support", "model_calls"]
+    assert workflow_calls[1] == "-"
+    assert workflow_calls[3:] == ["500", str(calls), "0", str(500 - calls), format_share(Decimal(calls) / 500)]
+    assert rows[f"run {run_id}", "tool_calls"][3:] == ["4", "4", "0", "0", "100%"]
+    # The windowless tenant scope is another scope: nothing there.
+    out = run_cli(
+        capsys, "status", "--ledger", redis_url, "--namespace", namespace, "--tenant", "acme", "--window", "none"
+    )
+    assert "nothing recorded" in out
+
+
+def test_status_shows_limited_dimensions_and_spend_unless_asked_for_every_counter(recorded: Recorded) -> None:
+    run_id = recorded.support[0].meter.run_id
+    rows = status_rows(recorded.ledger, tenant="acme", workflow="support", run=run_id, windows=[])
+    assert [row[2] for row in rows] == ["cost_usd", "tool_calls"]  # Budget(max_tool_calls=3) and what it cost
+    every = status_rows(
+        recorded.ledger, tenant="acme", workflow="support", run=run_id, windows=[], every_dimension=True
+    )
+    used = recorded.support[0].report()["used"]
+    assert {row[2]: row[4] for row in every if row[2] != "cost_usd"} == {
+        k: str(v) for k, v in used.items() if k != "cost_usd"
+    }
