@@ -67,6 +67,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         count_steps: Count steps (LangGraph node executions; outside a graph,
             model and tool calls). Turn off when a LangGraph guard counts them.
         parent: Meter of an enclosing budget: its limits apply too.
+        chain_checks: Check time and depth when any chain starts, with depth
+            as the nesting of runs. Turn off when a LangGraph guard checks them
+            at node boundaries, where depth means subgraph depth.
 
     Example:
         >>> from budget_plugins.testing import scripted_model
@@ -98,6 +101,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         hooks: Sequence[EventHook] | None = None,
         count_steps: bool = True,
         parent: Meter | None = None,
+        chain_checks: bool = True,
     ) -> None:
         self.meter = meter or Meter(
             budget if budget is not None else Budget(),
@@ -111,6 +115,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             parent=parent,
         )
         self.count_steps = count_steps
+        self.chain_checks = chain_checks
         self._runs: dict[UUID, _Run] = {}
         self._tasks: set[str] = set()
         self._lock = threading.Lock()
@@ -207,7 +212,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             with self._forget_on_refusal(run_id):
                 ticket = self.meter.reserve(Request.step(name, depth=run.depth, retry=repeated), node=name)
             self.meter.commit(ticket)
-        elif self.budget.max_depth is not None or self.budget.max_seconds is not None:
+        elif self.chain_checks and (self.budget.max_depth is not None or self.budget.max_seconds is not None):
             with self._forget_on_refusal(run_id):
                 self.meter.check(Request("step", {}, name, depth=run.depth))
 
@@ -275,7 +280,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                 input_tokens=prompt_tokens,
                 max_output_tokens=int(max_tokens) if max_tokens else None,
                 retry=repeated or self._retry_tagged(tags),
-                depth=run.depth,
+                depth=run.depth if self.chain_checks else 0,
                 step=self.count_steps and not self._in_graph_step(meta),
                 final=bool(meta.get(FINAL_METADATA_KEY)),
                 node=meta.get("langgraph_node"),
@@ -324,7 +329,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             run.ticket = self.meter.before_tool_call(
                 name,
                 retry=repeated or self._retry_tagged(tags),
-                depth=run.depth,
+                depth=run.depth if self.chain_checks else 0,
                 step=self.count_steps and not self._in_graph_step(meta),
                 node=meta.get("langgraph_node"),
                 call_id=str(run_id),
