@@ -1,0 +1,235 @@
+"""Measurements 1-3: the LangChain handler in a chain and in a ``create_agent`` ReAct loop."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import statistics
+from collections.abc import Callable
+from typing import Any
+
+from langchain_core.callbacks import BaseCallbackHandler
+
+from benchmarks._harness import Config, Section, Timings, alternate, profile
+from budget_plugins import Budget, BudgetCallbackHandler, InMemoryLedger
+from budget_plugins.testing import ScriptedChatModel, Turn, counting_tool, runaway_model
+
+TARGET = 1.03
+
+
+class NoopHandler(BaseCallbackHandler):
+    """A handler that does nothing: what LangChain charges for having *any* handler."""
+
+    raise_error = True
+    run_inline = True
+
+
+def guard_budget() -> Budget:
+    """Calls, tokens and cost all limited (never reached in these runs)."""
+    return Budget(
+        max_model_calls=1_000_000,
+        max_tool_calls=1_000_000,
+        max_total_tokens=10**12,
+        max_cost_usd="1000000",
+    )
+
+
+def new_handler() -> BudgetCallbackHandler:
+    return BudgetCallbackHandler(guard_budget(), ledger=InMemoryLedger(), hooks=[])
+
+
+def _per_unit_us(timings: Timings, name: str, units: int) -> float:
+    return statistics.median(timings.samples[name]) / units * 1e6
+
+
+def _overhead_note(timings: Timings, name: str, baseline: str, units: int, unit: str) -> str:
+    extra = (timings.median(name) - timings.median(baseline)) / units * 1e6
+    return f"{_per_unit_us(timings, name, units):.0f} µs/{unit} ({extra:+.0f} µs/{unit} vs {baseline})"
+
+
+# -- 2. prompt | model chain ----------------------------------------------------------
+
+
+def callback_overhead(config: Config) -> Section:
+    from langchain_core.prompts import ChatPromptTemplate
+
+    calls = config.pick(300, 10)
+    prompt = ChatPromptTemplate.from_messages([("system", "You are terse."), ("human", "{question}")])
+    model = ScriptedChatModel(turns=lambda: itertools.repeat(Turn("ok")), model_name="gpt-4o-mini")
+    chain = prompt | model
+    inputs = {"question": "What is the budget?"}
+
+    def run(make: Callable[[], list[Any]]) -> Callable[[], None]:
+        def go() -> None:
+            callbacks = make()
+            for _ in range(calls):
+                chain.invoke(inputs, config={"callbacks": callbacks})
+
+        return go
+
+    variants = {
+        "without handler": run(list),
+        "no-op handler": run(lambda: [NoopHandler()]),
+        "BudgetCallbackHandler": run(lambda: [new_handler()]),
+    }
+    timings = alternate(variants, config.rounds)
+    base = "without handler"
+    section = Section(
+        "2",
+        "LangChain callback overhead per model call",
+        f"`ChatPromptTemplate | ScriptedChatModel` invoked {calls} times per sample (one handler per sample,"
+        " limits on calls, tokens and cost, in-memory ledger), with the handler vs without any callbacks."
+        " The *no-op handler* row isolates what LangChain itself adds as soon as a run has any handler"
+        " (it then builds callback managers and child run ids it otherwise skips); *handler / no-op* is"
+        " our own code's share.",
+    )
+    section.rows = [
+        timings.row(
+            "BudgetCallbackHandler",
+            base,
+            target=TARGET,
+            note=_overhead_note(timings, "BudgetCallbackHandler", base, calls, "call"),
+        ),
+        timings.row("no-op handler", base, note=_overhead_note(timings, "no-op handler", base, calls, "call")),
+        timings.row("BudgetCallbackHandler", "no-op handler"),
+    ]
+    section.notes.append(
+        f"Baseline: {_per_unit_us(timings, base, calls):.0f} µs per chain invocation without callbacks."
+    )
+    if not config.quick and not section.rows[0].met:
+        section.notes += ["", *profile(run(lambda: [new_handler()]))]
+    return section
+
+
+# -- 1. ReAct loop of 200 steps ---------------------------------------------------------
+
+
+def react_loop(config: Config) -> Section:
+    from langchain.agents import create_agent
+    from langgraph.errors import GraphRecursionError
+
+    steps = config.pick(200, 20)
+    model = runaway_model()
+    tool = counting_tool()
+    agent = create_agent(model, [tool])
+    seen: dict[str, Any] = {}
+
+    def invoke(callbacks: list[Any]) -> None:
+        with contextlib.suppress(GraphRecursionError):
+            agent.invoke({"messages": [("user", "go")]}, config={"recursion_limit": steps, "callbacks": callbacks})
+
+    def guarded() -> None:
+        handler = new_handler()
+        invoke([handler])
+        seen["report"] = handler.report()
+
+    variants = {
+        "unguarded": lambda: invoke([]),
+        "no-op handler": lambda: invoke([NoopHandler()]),
+        "guarded": guarded,
+    }
+    timings = alternate(variants, config.rounds)
+    used = seen["report"]["used"]
+    section = Section(
+        "1",
+        f"Guard overhead on a {steps}-step ReAct loop",
+        "`langchain.agents.create_agent(runaway_model(), [counting_tool()])` run until"
+        f" `recursion_limit={steps}` stops it (LangGraph's `GraphRecursionError` is caught); one run per sample."
+        " *guarded*: a fresh `BudgetCallbackHandler` per run with call, token and cost limits on an in-memory"
+        f" ledger. A guarded run counted steps={used.get('steps')}, model_calls={used.get('model_calls')},"
+        f" tool_calls={used.get('tool_calls')}. **The LangGraph guard (`budget_plugins_langgraph`) is not"
+        " committed yet**, so this measures the LangChain handler on the LangGraph-based agent; re-measure with"
+        " the graph guard when it lands.",
+    )
+    section.rows = [
+        timings.row(
+            "guarded",
+            "unguarded",
+            target=TARGET,
+            note=_overhead_note(timings, "guarded", "unguarded", steps, "step"),
+        ),
+        timings.row(
+            "no-op handler",
+            "unguarded",
+            note=_overhead_note(timings, "no-op handler", "unguarded", steps, "step"),
+        ),
+        timings.row("guarded", "no-op handler"),
+    ]
+    if not config.quick and not section.rows[0].met:
+        section.notes += profile(guarded)
+    return section
+
+
+# -- 3. versus LangChain's call-limit middlewares --------------------------------------
+
+
+def versus_middleware(config: Config) -> Section:
+    from langchain.agents import create_agent
+    from langchain.agents.middleware import ModelCallLimitMiddleware, ToolCallLimitMiddleware
+
+    model_calls = config.pick(100, 10)
+    script = [Turn("Calling search.", tools=[("search", {"query": "more"})])] * (model_calls - 1) + [Turn("done")]
+    steps = 2 * model_calls - 1
+
+    def fresh_model() -> ScriptedChatModel:
+        # Each run consumes exactly one pass over the script, so the cycle restarts with the next run.
+        return ScriptedChatModel(turns=lambda: itertools.cycle(script), model_name="gpt-4o-mini")
+
+    plain = create_agent(fresh_model(), [counting_tool()])
+    guarded_agent = create_agent(fresh_model(), [counting_tool()])
+    theirs = create_agent(
+        fresh_model(),
+        [counting_tool()],
+        middleware=[
+            ModelCallLimitMiddleware(run_limit=1_000_000, exit_behavior="error"),
+            ToolCallLimitMiddleware(run_limit=1_000_000, exit_behavior="error"),
+        ],
+    )
+    inputs = {"messages": [("user", "go")]}
+    limit = {"recursion_limit": 10 * steps}
+    seen: dict[str, Any] = {}
+
+    def ours() -> None:
+        handler = new_handler()
+        seen["result"] = guarded_agent.invoke(inputs, config={**limit, "callbacks": [handler]})
+        seen["report"] = handler.report()
+
+    variants = {
+        "unguarded": lambda: plain.invoke(inputs, config=limit),
+        "LangChain middlewares (calls only)": lambda: theirs.invoke(inputs, config=limit),
+        "BudgetCallbackHandler (calls+tokens+cost)": ours,
+    }
+    timings = alternate(variants, config.rounds)
+    used = seen["report"]["used"]
+    assert used["model_calls"] == model_calls, used
+    theirs_name, ours_name = list(variants)[1:]
+    section = Section(
+        "3",
+        "Versus LangChain `ModelCallLimitMiddleware` + `ToolCallLimitMiddleware`",
+        f"The same `create_agent` ReAct loop, scripted to end by itself after {model_calls} model calls and"
+        f" {model_calls - 1} tool calls ({steps} steps), built three times: plain, with LangChain 1.x's"
+        " `ModelCallLimitMiddleware(run_limit=...)` + `ToolCallLimitMiddleware(run_limit=...)` (which count"
+        " calls only), and plain + our `BudgetCallbackHandler` limiting calls, total tokens and cost. Limits"
+        " are never reached. Target: ours costs no more per step than theirs (ratio ours/theirs ≤ 1.00).",
+    )
+    section.rows = [
+        timings.row(ours_name, theirs_name, label="ours / theirs", target=1.0),
+        timings.row(
+            ours_name,
+            "unguarded",
+            label="ours / unguarded",
+            note=_overhead_note(timings, ours_name, "unguarded", steps, "step"),
+        ),
+        timings.row(
+            theirs_name,
+            "unguarded",
+            label="theirs / unguarded",
+            note=_overhead_note(timings, theirs_name, "unguarded", steps, "step"),
+        ),
+    ]
+    section.notes.append(
+        "Their middlewares add graph nodes (`before_model`/`after_model` hooks run as LangGraph steps); our"
+        " handler adds callbacks but no nodes, and LangChain builds callback managers for every run once any"
+        " handler is attached."
+    )
+    return section
