@@ -53,6 +53,7 @@ from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 if TYPE_CHECKING:
     from budget_plugins._ledger_url import ledger_from_url
+    from budget_plugins._otel import OpenTelemetryHook
     from budget_plugins._redis import AsyncRedisLedger, RedisLedger
 
 try:
@@ -62,6 +63,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 _LAZY = {
     "AsyncRedisLedger": "budget_plugins._redis",
+    "OpenTelemetryHook": "budget_plugins._otel",
     "RedisLedger": "budget_plugins._redis",
     "ledger_from_url": "budget_plugins._ledger_url",
 }
@@ -100,6 +102,7 @@ __all__ = [
     "LedgerUnavailable",
     "LoggingHook",
     "Meter",
+    "OpenTelemetryHook",
     "Price",
     "PricedCall",
     "RedisLedger",
