@@ -63,8 +63,8 @@ class Exposure:
         bound_by: The limit that caps the run (``None`` when nothing does).
         share: ``burst_usd`` as a fraction of the monthly budget (``None`` without one).
         verdict: What ``share`` means (``None`` without a monthly budget).
-        monthly_usd: ``per_run_usd x runs_per_month``: the month if every run hit its
-            worst case (``None`` without ``runs_per_month``).
+        monthly_usd: ``per_run_usd x runs_per_month`` (at most the ceiling): the month
+            if every run hit its worst case (``None`` without ``runs_per_month``).
     """
 
     calls_per_run: int
@@ -125,6 +125,9 @@ def _exposure(
         burst = ceiling_usd
         bound_by = "ceiling" if bound_by is None else f"{bound_by}, ceiling"
     share = burst / monthly_budget if monthly_budget else None
+    monthly = per_run * runs_per_month if runs_per_month is not None else None
+    if monthly is not None and ceiling_usd is not None:
+        monthly = min(monthly, ceiling_usd)
     return Exposure(
         calls_per_run=calls,
         per_run_usd=per_run,
@@ -132,7 +135,7 @@ def _exposure(
         bound_by=bound_by,
         share=share,
         verdict=judge(share) if share is not None else None,
-        monthly_usd=per_run * runs_per_month if runs_per_month is not None else None,
+        monthly_usd=monthly,
     )
 
 
@@ -172,8 +175,8 @@ def max_burn(
             the token limits and ``max_cost_usd`` cap the calls a run can make,
             exactly as the guard admits them (a call is admitted only if its whole
             cost fits).
-        ceiling_usd: A workflow or tenant :class:`Ceiling` in dollars shared by every
-            concurrent run: caps the guarded burst.
+        ceiling_usd: The ``max_cost_usd`` of a monthly workflow or tenant :class:`Ceiling`
+            shared by every run: caps the guarded burst and the guarded month.
         provider: Provider id, to disambiguate a model name.
         price: Fallback price for a model genai-prices does not know.
 

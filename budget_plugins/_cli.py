@@ -220,7 +220,7 @@ def _max_burn(args: argparse.Namespace, out: TextIO) -> int:
         print(text, file=out)
     if budget is not None or args.ceiling_usd is not None:
         shown = ", ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in limits.items())
-        ceiling = f", ceiling ${args.ceiling_usd} shared by all runs" if args.ceiling_usd is not None else ""
+        ceiling = f", monthly ceiling ${args.ceiling_usd} shared by all runs" if args.ceiling_usd is not None else ""
         print(f"\nguard: Budget({shown}){ceiling}", file=out)
     final = burn.guarded or burn.unguarded
     if final.verdict is not None:
@@ -581,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _GUARD_COUNTS:
         guard.add_argument("--" + name.replace("_", "-"), dest=name, type=int, metavar="N")
     guard.add_argument("--max-cost-usd", dest="max_cost_usd", metavar="USD")
-    guard.add_argument("--ceiling-usd", metavar="USD", help="a workflow/tenant Ceiling's max_cost_usd for all runs")
+    guard.add_argument("--ceiling-usd", metavar="USD", help="max_cost_usd of a monthly workflow/tenant Ceiling")
     burn.set_defaults(func=_max_burn)
 
     report = sub.add_parser("report", help="spend by tenant / workflow / agent / model and refusals by dimension")

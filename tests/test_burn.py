@@ -186,6 +186,21 @@ def test_a_shared_ceiling_caps_every_concurrent_run_together() -> None:
     assert burn.guarded.verdict == "genuine enforcement"
 
 
+def test_a_monthly_ceiling_caps_the_month_even_if_every_run_hits_its_cap() -> None:
+    burn = max_burn(
+        "gpt-4o",
+        iterations=100,
+        input_tokens=6000,
+        output_tokens=400,
+        runs_per_month=10_000,
+        budget=Budget(max_cost_usd="1"),
+        ceiling_usd="300",
+    )
+    assert burn.guarded is not None and burn.unguarded.monthly_usd is not None
+    assert burn.guarded.monthly_usd == Decimal(300)
+    assert burn.unguarded.monthly_usd == burn.unguarded.per_run_usd * 10_000  # no guard, no ceiling
+
+
 def test_unknown_models_need_a_fallback_price() -> None:
     with pytest.raises(UnpricedModelError):
         max_burn("in-house-model-7", iterations=1, input_tokens=1000, output_tokens=100)
