@@ -225,6 +225,13 @@ def _max_burn(args: argparse.Namespace, out: TextIO) -> int:
     final = burn.guarded or burn.unguarded
     if final.verdict is not None:
         print(f"\nverdict: {final.verdict}: {_ADVICE[final.verdict]}", file=out)
+    monthly, budget_usd, runs = final.monthly_usd, burn.monthly_budget, burn.runs_per_month
+    if monthly is not None and budget_usd is not None and runs and monthly > budget_usd:
+        print(
+            f"note: if every run reached its worst case the month would cost {format_share(monthly / budget_usd)} of "
+            f"the budget; {runs:,} runs fit in it at {format_usd(budget_usd / runs)} a run",
+            file=out,
+        )
     return 0
 
 

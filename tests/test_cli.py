@@ -313,6 +313,15 @@ def test_max_burn_command_judges_the_burst(capsys: pytest.CaptureFixture[str]) -
     assert table_row(out, "", "verdict")[1:] == ["ceiling too loose", "weak enforcement"]
     assert table_row(out, "", "capped by")[1:] == ["-", "max_model_calls"]
     assert "verdict: weak enforcement" in out
+    assert "note:" not in out  # no runs per month given
+
+
+def test_max_burn_warns_when_every_run_at_its_cap_would_overspend_the_month(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["max-burn", "--model", "gpt-4o", "--iterations", "50", "--input-tokens", "6000", "--output-tokens", "400"]
+    out = run_cli(capsys, *argv, "--monthly-budget", "300", "--runs-per-month", "2000", "--max-cost-usd", "0.25")
+    # 13 calls x $0.019 = $0.247 a run; 2,000 runs = $494 = 165% of $300, which allows $0.15 a run.
+    assert table_row(out, "", "2,000 runs a month, all at worst")[2] == "$494.00 (165%)"
+    assert "the month would cost 165% of the budget; 2,000 runs fit in it at $0.15 a run" in out
 
 
 def test_max_burn_rejects_a_bad_budget_field_with_the_fix(capsys: pytest.CaptureFixture[str]) -> None:
