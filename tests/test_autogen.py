@@ -405,3 +405,22 @@ async def test_a_failed_model_call_counts_as_an_attempt_and_gives_its_tokens_bac
         await AssistantAgent("a", model_client=client).run(task="hi")
     usage = scope.meter.usage()
     assert usage.used == {"model_calls": 1} and usage.held == {}
+
+
+async def test_separately_built_pieces_still_stop_gracefully_and_price_what_they_see() -> None:
+    budget = Budget(max_model_calls=3, max_cost_usd="1.00")  # the example: one budget, two scopes
+    inner = replay([says(f"turn {i}") for i in range(10)])
+    client = BudgetedChatCompletionClient(inner, budget, model="gpt-4o-mini")
+    termination = BudgetTermination(budget)
+    team = RoundRobinGroupChat(
+        [AssistantAgent("critic", model_client=client), AssistantAgent("synthesizer", model_client=client)],
+        termination_condition=termination | TextMentionTermination("TERMINATE"),
+    )
+    result = await team.run(task="Draft a plan")
+    assert len(inner.create_calls) == 3
+    assert result.stop_reason is not None and "model_calls limit of 3" in result.stop_reason
+    seen = termination.meter.usage().used  # counted from the events, priced as the client priced them
+    assert seen["model_calls"] == 3 and seen["cost_usd"] == 3 * micros("gpt-4o-mini", 100, 20)
+    again = await team.run(task="Go on")
+    assert again.stop_reason is not None and "model_calls" in again.stop_reason
+    assert len(inner.create_calls) == 3

@@ -26,10 +26,11 @@ from budget_plugins_autogen._shared import (
     BudgetExceededError,
     ScopeConfig,
     bind,
-    mark_usage,
-    marks,
+    is_ended,
+    mark_call,
     meter_from_config,
     scope_config,
+    set_ended,
 )
 
 _NO_ARGS: Mapping[str, Any] = MappingProxyType({})
@@ -155,20 +156,19 @@ class BudgetedChatCompletionClient(ChatCompletionClient, Component[BudgetedChatC
                 return await meter.areserve(request, model=model)
             except BudgetExceeded as exc:
                 refused = exc
-        return self._refused(refused)
+        return self._refused(refused, model)
 
-    def _refused(self, exc: BudgetExceeded) -> CreateResult:
-        state = marks(self.meter)
-        if (self.meter.budget.on_exhausted or "end") == "raise" or state.ended:
+    def _refused(self, exc: BudgetExceeded, model: str | None) -> CreateResult:
+        if (self.meter.budget.on_exhausted or "end") == "raise" or is_ended(self.meter):
             raise BudgetExceededError.from_exceeded(exc) from None
-        state.ended = True
+        set_ended(self.meter, True)
         stop = CreateResult(
             finish_reason="stop",
             content=STOP_PREFIX + exc.message,
             usage=RequestUsage(prompt_tokens=0, completion_tokens=0),
             cached=False,
         )
-        mark_usage(self.meter, stop.usage)
+        mark_call(self.meter, stop.usage, model, stop=exc)
         return stop
 
     async def _settle(self, ticket: Ticket, result: CreateResult | None) -> None:
@@ -180,7 +180,7 @@ class BudgetedChatCompletionClient(ChatCompletionClient, Component[BudgetedChatC
         await self.meter.acommit(
             ticket, TokenUsage() if result.cached else TokenUsage(usage.prompt_tokens, usage.completion_tokens)
         )
-        mark_usage(self.meter, usage)
+        mark_call(self.meter, usage, ticket.model)
 
     async def _failed(self, ticket: Ticket, exc: BaseException) -> None:
         if isinstance(exc, Exception):

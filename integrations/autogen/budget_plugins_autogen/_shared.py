@@ -2,15 +2,16 @@
 
 The client wrapper and the workbench wrapper meter model and tool calls *before*
 they happen; the termination condition sees the same calls again, after the
-turn, in its events. To count each call once, the wrappers leave a mark here
-(the ``RequestUsage`` object a client settled, the tool call ids a workbench
-handled) and the termination condition skips what is marked on its own meter.
+turn, in its events. To count each call once per scope, the wrappers leave a
+mark here (on the ``RequestUsage`` object a client settled, keyed by identity;
+on the tool call ids a workbench handled) naming the scopes that counted it,
+and the termination condition skips what its own scope already counted.
 """
 
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from autogen_core.models import RequestUsage
@@ -60,66 +61,84 @@ def _rebuild_error(data: dict[str, Any], usage: dict[str, Any]) -> BudgetExceede
     return BudgetExceededError(data["dimension"], usage=usage, **facts)
 
 
-@dataclass
-class Marks:
-    """What the wrappers on one meter already counted, and whether a loop was ended."""
+@dataclass(frozen=True, slots=True)
+class CallMark:
+    """What a budgeted client knows about the model call behind one ``RequestUsage``."""
 
-    usage: weakref.WeakValueDictionary[int, RequestUsage] = field(default_factory=weakref.WeakValueDictionary)
-    tool_calls: dict[str, None] = field(default_factory=dict)
-    ended: bool = False
-    """A client ended a tool loop gracefully and no termination has stopped the team since."""
+    run_ids: frozenset[str]
+    """The run scopes that already counted the call (the client's meter and its parents)."""
+    model: str | None
+    """The model it was priced as."""
+    stop: BudgetExceeded | None = None
+    """Set on a graceful-stop result: the refusal it reports."""
+    stop_run_id: str | None = None
 
 
-_marks: weakref.WeakKeyDictionary[Meter, Marks] = weakref.WeakKeyDictionary()
+_calls: weakref.WeakValueDictionary[int, RequestUsage] = weakref.WeakValueDictionary()
+_call_marks: dict[int, CallMark] = {}
+_tool_marks: dict[str, frozenset[str]] = {}
+_ended: weakref.WeakSet[Meter] = weakref.WeakSet()
 _live: weakref.WeakValueDictionary[str, Meter] = weakref.WeakValueDictionary()
 
 
-def marks(meter: Meter) -> Marks:
-    """The marks kept for ``meter``."""
-    found = _marks.get(meter)
-    if found is None:
-        found = _marks[meter] = Marks()
-    return found
+def _run_ids(meter: Meter) -> frozenset[str]:
+    ids: set[str] = set()
+    each: Meter | None = meter
+    while each is not None:
+        ids.add(each.run_id)
+        each = each.parent
+    return frozenset(ids)
 
 
-def _lineage(meter: Meter | None) -> list[Meter]:
-    chain: list[Meter] = []
-    while meter is not None:
-        chain.append(meter)
-        meter = meter.parent
-    return chain
+def mark_call(meter: Meter, usage: RequestUsage, model: str | None, stop: BudgetExceeded | None = None) -> None:
+    """A client on ``meter`` metered the model call that produced ``usage`` (or refused it: ``stop``)."""
+    key = id(usage)
+    if _calls.get(key) is not usage:
+        _calls[key] = usage
+        weakref.finalize(usage, _call_marks.pop, key, None)
+    _call_marks[key] = CallMark(_run_ids(meter), model, stop, meter.run_id if stop else None)
 
 
-def mark_usage(meter: Meter, usage: RequestUsage) -> None:
-    """A client metered the model call that produced ``usage`` (on this meter and its parents)."""
-    for each in _lineage(meter):
-        marks(each).usage[id(usage)] = usage
-
-
-def claim_usage(meter: Meter, usage: RequestUsage) -> bool:
-    """True (once) if a client on ``meter`` already metered this call."""
-    found = marks(meter).usage.pop(id(usage), None)
-    return found is usage
+def call_mark(usage: RequestUsage) -> CallMark | None:
+    """The mark a budgeted client left on this call's usage, if any."""
+    key = id(usage)
+    return _call_marks.get(key) if _calls.get(key) is usage else None
 
 
 def mark_tool_call(meter: Meter, call_id: str | None) -> None:
-    """A workbench metered (or refused) the tool call ``call_id``."""
+    """A workbench on ``meter`` metered (or refused) the tool call ``call_id``."""
     if not call_id:
         return
-    for each in _lineage(meter):
-        calls = marks(each).tool_calls
-        calls[call_id] = None
-        while len(calls) > _MAX_TOOL_MARKS:  # nobody claims them without a termination condition
-            del calls[next(iter(calls))]
+    _tool_marks[call_id] = _run_ids(meter)
+    while len(_tool_marks) > _MAX_TOOL_MARKS:  # nobody claims them without a termination condition
+        del _tool_marks[next(iter(_tool_marks))]
 
 
 def claim_tool_call(meter: Meter, call_id: str) -> bool:
-    """True (once) if a workbench on ``meter`` already metered this tool call."""
-    calls = marks(meter).tool_calls
-    if call_id in calls:
-        del calls[call_id]
-        return True
-    return False
+    """True (once) if a workbench already counted this tool call in ``meter``'s scope."""
+    counted = _tool_marks.get(call_id)
+    if counted is None or meter.run_id not in counted:
+        return False
+    del _tool_marks[call_id]
+    return True
+
+
+def set_ended(meter: Meter, ended: bool) -> None:
+    """Remember whether a client ended a loop gracefully that no termination has reported yet."""
+    if ended:
+        _ended.add(meter)
+    else:
+        _ended.discard(meter)
+
+
+def is_ended(meter: Meter) -> bool:
+    """True after a graceful end that no termination condition has stopped the team for."""
+    return meter in _ended
+
+
+def live_meter(run_id: str | None) -> Meter | None:
+    """The meter of ``run_id`` bound in this process, if still alive."""
+    return _live.get(run_id) if run_id else None
 
 
 def bind(budget: Budget | Meter) -> Meter:

@@ -15,11 +15,12 @@ from budget_plugins._meter import REACHED_DIMENSIONS
 from budget_plugins_autogen._shared import (
     ScopeConfig,
     bind,
+    call_mark,
     claim_tool_call,
-    claim_usage,
-    marks,
+    live_meter,
     meter_from_config,
     scope_config,
+    set_ended,
 )
 
 TASK_SOURCE = "user"
@@ -100,21 +101,28 @@ class BudgetTermination(TerminationCondition, Component[BudgetTerminationConfig]
         """Count one turn's messages, then stop if the budget is used up."""
         if self._terminated:
             raise TerminatedException("Termination condition has already been reached")
-        await self._count(messages)
+        graceful, ended = await self._count(messages)
         meter = self.meter
         if meter.budget.mode == "shadow":
             return None
         dimensions = [*REACHED_DIMENSIONS, *(["messages"] if "messages" in meter.run_limits else [])]
-        why = meter.exhausted if meter.level == "deny" else await meter.areached(dimensions)
+        why = meter.exhausted if meter.level == "deny" else None
+        why = why or graceful or await meter.areached(dimensions)
         if why is None:
             return None
         self._terminated = True
         self.stopped = why
-        marks(meter).ended = False  # the graceful end reached the team: a later refusal may end gracefully again
+        for each in [meter, *ended]:  # the graceful ends reached the team: a later refusal may end gracefully again
+            set_ended(each, False)
         return StopMessage(content=f"Budget used up: {why.message}", source="BudgetTermination")
 
-    async def _count(self, messages: Sequence[BaseAgentEvent | BaseChatMessage]) -> None:
+    async def _count(
+        self, messages: Sequence[BaseAgentEvent | BaseChatMessage]
+    ) -> tuple[BudgetExceeded | None, list[Meter]]:
+        """Record what no wrapper on this scope counted; return a client's graceful stop seen, and its meters."""
         meter = self.meter
+        stop: BudgetExceeded | None = None
+        ended: list[Meter] = []
         chat = [m for m in messages if isinstance(m, BaseChatMessage)]
         turn = any(m.source != TASK_SOURCE for m in chat)
         extra = {"messages": len(chat)} if chat else {}
@@ -124,13 +132,19 @@ class BudgetTermination(TerminationCondition, Component[BudgetTerminationConfig]
             await meter.arecord(Request("step", extra))
         for message in messages:
             usage = message.models_usage
-            if usage is not None and not claim_usage(meter, usage):
+            mark = call_mark(usage) if usage is not None else None
+            if mark is not None and mark.stop is not None:  # a client's graceful stop, not a model call
+                stop = stop or mark.stop
+                ended += [m for m in [live_meter(mark.stop_run_id)] if m is not None]
+            elif usage is not None and (mark is None or meter.run_id not in mark.run_ids):
+                model = self.model or (mark.model if mark else None)
                 tokens = TokenUsage(usage.prompt_tokens, usage.completion_tokens)
-                await meter.arecord(Request.model_call(model=self.model), tokens, model=self.model)
+                await meter.arecord(Request.model_call(model=model), tokens, model=model)
             if isinstance(message, ToolCallExecutionEvent):
                 for result in message.content:
                     if not claim_tool_call(meter, result.call_id):
                         await meter.arecord(Request.tool_call(result.name), failed=bool(result.is_error))
+        return stop, ended
 
     async def reset(self) -> None:
         """Clear the ``terminated`` flag only; the scope's usage is kept (see the class docs)."""
