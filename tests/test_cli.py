@@ -440,3 +440,14 @@ def test_status_shows_limited_dimensions_and_spend_unless_asked_for_every_counte
     assert {row[2]: row[4] for row in every if row[2] != "cost_usd"} == {
         k: str(v) for k, v in used.items() if k != "cost_usd"
     }
+
+
+def test_status_on_an_unreachable_ledger_exits_1_with_the_cause(capsys: pytest.CaptureFixture[str]) -> None:
+    from redis_server import free_port
+
+    assert (
+        main(["status", "--ledger", f"redis://127.0.0.1:{free_port()}/0", "--tenant", "acme", "--window", "none"]) == 1
+    )
+    assert "ledger unavailable" in capsys.readouterr().err
+    assert main(["status", "--ledger", "ftp://nowhere", "--tenant", "acme"]) == 2
+    assert "use memory://, redis://" in capsys.readouterr().err
