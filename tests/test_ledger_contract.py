@@ -217,7 +217,8 @@ def test_async_twin_shares_the_storage(ledger: Ledger) -> None:
     async def main() -> None:
         results = await asyncio.gather(*(aledger.reserve(f"a{i}", [scope], {"tool_calls": 1}) for i in range(5)))
         assert sum(r.granted for r in results) == 2
-        await aledger.commit(results[0].reservation_id, [scope], {"tool_calls": 1})
+        first_granted = next(r for r in results if r.granted)
+        await aledger.commit(first_granted.reservation_id, [scope], {"tool_calls": 1})
 
     asyncio.run(main())
     snap = ledger.snapshot(scope)
