@@ -12,7 +12,7 @@ import pytest
 from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.base import OrTerminationCondition, TaskResult, TerminationCondition
 from autogen_agentchat.conditions import MaxMessageTermination, TextMentionTermination
-from autogen_agentchat.messages import TextMessage, ToolCallExecutionEvent
+from autogen_agentchat.messages import TextMessage, ToolCallExecutionEvent, ToolCallRequestEvent
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core import FunctionCall
 from autogen_core.models import ChatCompletionClient, CreateResult, ModelInfo, RequestUsage
@@ -214,6 +214,27 @@ async def test_run_stream_with_a_streaming_model_yields_the_stop() -> None:
     assert final.stop_reason == "Budget used up: Reached the model_calls limit of 3 (used=3) in run scope"
     assert agent_texts(final) == ["critique 0", "revision 0", "critique 1"]
     assert scope.report()["used"]["output_tokens"] == 3 * 20  # settled from the streamed results
+
+
+async def test_a_streaming_tool_loop_ends_with_the_stop_result() -> None:
+    scope = BudgetScope(Budget(max_model_calls=2), hooks=[])
+    model, runs = replay([calls_tool() for _ in range(10)]), []
+    agent = AssistantAgent(
+        "researcher",
+        model_client=scope.client(model),
+        workbench=scope.workbench([counting_tool(runs)]),
+        max_tool_iterations=100,
+        model_client_stream=True,
+    )
+    streamed = [item async for item in agent.run_stream(task="research budgets")]
+    final = streamed[-1]
+    assert isinstance(final, TaskResult)
+    last = final.messages[-1]
+    assert isinstance(last, TextMessage) and last.content.startswith(STOP_PREFIX)
+    requests = [m for m in final.messages if isinstance(m, ToolCallRequestEvent)]
+    assert len(requests) == 2 and len(runs) == 2  # (the replay client records only non-streamed calls)
+    usage = scope.meter.usage()
+    assert usage.used["model_calls"] == 2 and usage.used["output_tokens"] == 40 and usage.held == {}
 
 
 # -- reset, rerun, serialization ------------------------------------------------------------

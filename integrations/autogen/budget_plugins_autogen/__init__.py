@@ -28,7 +28,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from budget_plugins_autogen._client import STOP_PREFIX, BudgetedChatCompletionClient
 from budget_plugins_autogen._scope import BudgetScope
-from budget_plugins_autogen._shared import BudgetExceededError, ScopeConfig
+from budget_plugins_autogen._shared import BudgetExceededError
 from budget_plugins_autogen._termination import BudgetTermination
 from budget_plugins_autogen._workbench import REFUSED_PREFIX, BudgetedWorkbench
 
@@ -40,5 +40,4 @@ __all__ = [
     "BudgetTermination",
     "BudgetedChatCompletionClient",
     "BudgetedWorkbench",
-    "ScopeConfig",
 ]
