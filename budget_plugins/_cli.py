@@ -115,7 +115,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     ledger = None
     if args.redis:
-        from budget_plugins import ledger_from_url  # type: ignore[attr-defined]
+        from budget_plugins import ledger_from_url
 
         ledger = ledger_from_url(args.redis)
     run_demo(safety_stop=args.safety_stop, ledger=ledger)

@@ -122,8 +122,12 @@ def run_demo(*, safety_stop: int = 60, ledger: Ledger | None = None, out: TextIO
             else (used, limit)
         )
         _row(out, dimension, f"{shown_used} / {shown_limit}")
-    saved = unguarded_cost - guarded_cost
-    print(f"\nrefused before the call that would break the budget; saved ${saved:.2f} against run 1.", file=out)
+    print("\nrefused before the call that would break the budget.", file=out)
+    print(
+        f"the guarded run can never spend more than ${budget.max_cost_usd}; unguarded, the same agent"
+        f" spent ${unguarded_cost:.2f} before a hand-made stop.",
+        file=out,
+    )
     return {
         "unguarded_calls": unguarded_calls,
         "guarded_model_calls": model.calls,
