@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import weakref
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from budget_plugins._errors import BudgetConfigError
@@ -69,6 +69,13 @@ def _options(
         run_ttl_seconds=run_ttl_seconds,
         sweep_batch=sweep_batch,
     )
+
+
+async def _close_with_loop(client: Any) -> AsyncGenerator[None, None]:
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 class RedisLedger:
@@ -355,9 +362,9 @@ class AsyncRedisLedger:
         )
         self._client: Any = client
         self._scripts: dict[str, Any] = {}
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._per_loop: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[Any, dict[str, Any], AsyncGenerator[None, None], asyncio.Event]
+        ] = weakref.WeakKeyDictionary()
 
     @property
     def options(self) -> RedisOptions:
@@ -366,7 +373,7 @@ class AsyncRedisLedger:
 
     # -- the door: run the core's steps with an asyncio client ------------------------
 
-    def _connected(self) -> tuple[Any, dict[str, Any]]:
+    async def _connected(self) -> tuple[Any, dict[str, Any]]:
         if self._client is not None:
             if not self._scripts:
                 self._scripts = {name: self._client.register_script(script_source(name)) for name in SCRIPT_NAMES}
@@ -375,20 +382,36 @@ class AsyncRedisLedger:
         found = self._per_loop.get(loop)
         if found is None:
             opts = self._core.options
-            kwargs = opts.client_kwargs()
             from redis.asyncio import Redis
             from redis.asyncio.cluster import RedisCluster
             from redis.asyncio.retry import Retry
             from redis.backoff import NoBackoff
 
             factory: Any = RedisCluster if opts.cluster else Redis
-            client = factory.from_url(opts.url, retry=Retry(NoBackoff(), 0), **kwargs)
-            found = (client, {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES})
+            client = factory.from_url(opts.url, retry=Retry(NoBackoff(), 0), **opts.client_kwargs())
+            # An async generator started in this loop is finalised by the loop's shutdown
+            # (asyncio.run calls shutdown_asyncgens): it closes the pool with its loop.
+            closer = _close_with_loop(client)
+            await closer.__anext__()
+            scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+            found = (client, scripts, closer, asyncio.Event())
             self._per_loop[loop] = found
-        return found
+            # Open one connection per server before anyone uses the pool, so that the first wave
+            # of concurrent calls is served in the order it was issued rather than in the order
+            # their connects happen to complete.
+            try:
+                if opts.cluster:
+                    await client.ping(target_nodes=RedisCluster.PRIMARIES)
+                else:
+                    await client.ping()
+            finally:
+                found[3].set()
+        elif not found[3].is_set():
+            await found[3].wait()
+        return found[0], found[1]
 
     async def _execute(self, step: Step) -> Any:
-        client, scripts = self._connected()
+        client, scripts = await self._connected()
         if step.kind == "scan":
             return [key async for key in client.scan_iter(match=step.name, count=1000)]
         return await scripts[step.name](keys=list(step.keys), args=list(step.args))
@@ -397,9 +420,10 @@ class AsyncRedisLedger:
         client = self._client
         if client is None:
             try:
-                client = self._per_loop.get(asyncio.get_running_loop(), (None, {}))[0]
+                found = self._per_loop.get(asyncio.get_running_loop())
             except RuntimeError:
-                client = None
+                found = None
+            client = found[0] if found is not None else None
         return node_name(client, key)
 
     async def _drive(self, steps: Generator[Step, Any, T]) -> T:
@@ -471,7 +495,7 @@ class AsyncRedisLedger:
             return
         found = self._per_loop.pop(asyncio.get_running_loop(), None)
         if found is not None:
-            await found[0].aclose()
+            await found[2].aclose()  # closes the client
 
     def __repr__(self) -> str:
         opts = self._core.options
