@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import pickle
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -372,6 +373,8 @@ async def test_raise_mode_is_typed_from_an_agent_and_recoverable_from_a_team() -
     with pytest.raises(BudgetExceeded) as caught:
         await tool_agent(scope, replay([calls_tool() for _ in range(5)]), runs).run(task="go")
     assert isinstance(caught.value, BudgetExceededError) and caught.value.dimension == "model_calls"
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert isinstance(copy, BudgetExceededError) and copy.as_dict() == caught.value.as_dict()
 
     team_scope = BudgetScope(Budget(max_model_calls=2, on_exhausted="raise"), hooks=[])
     team, _, _ = ping_pong(team_scope, MaxMessageTermination(50))
