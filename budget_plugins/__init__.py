@@ -53,6 +53,7 @@ from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 if TYPE_CHECKING:
     from budget_plugins._ledger_url import ledger_from_url
+    from budget_plugins._middleware import BudgetMiddleware
     from budget_plugins._otel import OpenTelemetryHook
     from budget_plugins._redis import AsyncRedisLedger, RedisLedger
 
@@ -63,6 +64,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 _LAZY = {
     "AsyncRedisLedger": "budget_plugins._redis",
+    "BudgetMiddleware": "budget_plugins._middleware",
     "OpenTelemetryHook": "budget_plugins._otel",
     "RedisLedger": "budget_plugins._redis",
     "ledger_from_url": "budget_plugins._ledger_url",
@@ -70,7 +72,7 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # Redis names are imported on first use, so `import budget_plugins` never imports redis.
+    # Optional integrations are imported on first use: `import budget_plugins` never imports redis or langchain.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'budget_plugins' has no attribute {name!r}")
@@ -90,6 +92,7 @@ __all__ = [
     "BudgetError",
     "BudgetEvent",
     "BudgetExceeded",
+    "BudgetMiddleware",
     "Ceiling",
     "CollectingHook",
     "Decision",
