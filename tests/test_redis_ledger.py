@@ -287,7 +287,7 @@ def test_a_new_window_starts_from_zero_and_commit_charges_the_window_reserved_in
 
 
 def test_sweep_returns_expired_holds_and_counts_them(redis_ledger_factory: Callable[..., RedisLedger]) -> None:
-    ledger = redis_ledger_factory()
+    ledger = redis_ledger_factory(sweep_batch=2)  # several batches
     tenant = uuid.uuid4().hex
     run = Scope("run", "r", tenant=tenant, limits={"steps": 10})
     ceiling = tenant_scope(tenant, {"steps": 10})

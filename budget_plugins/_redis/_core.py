@@ -673,9 +673,10 @@ class Core:
                     lambda: 0,
                     "sweep",
                 )
-                total += yield from self.execute(sweep_call, node_of)
-                if len(tokens) < batch:
-                    break
+                swept = yield from self.execute(sweep_call, node_of)
+                total += swept
+                if not swept:
+                    break  # the due scopes were only stale in the index (extended holds): now reindexed
         if self.options.failure_policy == "fail_open":
             total += self._local.sweep()
         return total
