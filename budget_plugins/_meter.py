@@ -169,6 +169,7 @@ class Meter:
         self._started_at: float | None = None
         self._failures = 0
         self._pending: list[tuple[str, dict[str, int]]] = []
+        self._input_floor: dict[str, int] = {}
         self._signalled: set[tuple[str, str]] = set()
         self.level: Action = "allow"
         """The most severe threshold reached so far: adapters downgrade at ``degrade``."""
@@ -398,6 +399,8 @@ class Meter:
                     needs_price=self._cost_limited,
                 )
                 cost = priced.cost_usd
+                with self._lock:
+                    self._input_floor[ticket.model or ""] = usage.input_tokens
                 amounts.update(
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
@@ -708,7 +711,15 @@ class Meter:
         step: bool = False,
         final: bool = False,
     ) -> Request:
-        """A model-call request with its worst case priced (reservation amounts)."""
+        """A model-call request with its worst case priced (reservation amounts).
+
+        The input estimate is raised to the input the same model really used on
+        its previous call in this run: in an agent loop the next prompt holds the
+        previous one, and counting characters misses system prompts and tool
+        schemas that the provider counts.
+        """
+        with self._lock:
+            input_tokens = max(input_tokens, self._input_floor.get(model or "", 0))
         output = max_output_tokens or self.budget.default_max_output_tokens
         priced = price_tokens(
             self.budget,

@@ -188,3 +188,14 @@ def test_async_doors_share_the_same_accounting() -> None:
     assert asyncio.run(main()) == 2
     assert meter.usage().used["model_calls"] == 3
     assert meter.report()["cost_usd"] == str(Decimal(meter.usage().used["cost_usd"]) / 1_000_000)
+
+
+def test_next_call_reserves_at_least_the_input_the_last_call_really_used() -> None:
+    meter, _ = make(Budget(max_input_tokens=100_000))
+    first = meter.before_model_call(model="gpt-4o", input_tokens=10)
+    assert first.request.amounts["input_tokens"] == 10
+    meter.after_model_call(first, TokenUsage(6_000, 50))  # system prompt and tool schemas the estimate missed
+    second = meter.before_model_call(model="gpt-4o", input_tokens=12)
+    assert second.request.amounts["input_tokens"] == 6_000
+    other = meter.before_model_call(model="gpt-4o-mini", input_tokens=12)
+    assert other.request.amounts["input_tokens"] == 12
