@@ -71,42 +71,49 @@ class _Router(BaseCallbackHandler):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._runs: dict[UUID, tuple[UUID | None, str | None]] = {}  # run -> (parent, langgraph_node)
+        self._runs: dict[UUID, tuple[UUID | None, str | None]] = {}  # run -> (parent, langgraph task)
         self._scopes: dict[UUID, BudgetCallbackHandler] = {}  # agent graph run -> its handler
 
-    def _scope_of(self, run_id: UUID | None) -> tuple[UUID, BudgetCallbackHandler] | None:
+    def _nearest(self, run_id: UUID | None) -> BudgetCallbackHandler | None:
         with self._lock:
             while run_id is not None:
                 if run_id in self._scopes:
-                    return run_id, self._scopes[run_id]
+                    return self._scopes[run_id]
                 run_id = self._runs.get(run_id, (None, None))[0]
         return None
 
-    def handler_for(self, run_id: UUID | None) -> BudgetCallbackHandler | None:
-        """The handler of the agent invocation ``run_id`` runs under, if any."""
-        found = self._scope_of(run_id)
-        return found[1] if found else None
+    def scope(
+        self, run_id: UUID | None, create: Callable[[], BudgetCallbackHandler], *, fresh: bool = False
+    ) -> BudgetCallbackHandler:
+        """The handler of the graph run whose node ``run_id`` runs in (created if missing or ``fresh``).
 
-    def open_scope(self, node_run: UUID | None, node: str, handler: BudgetCallbackHandler) -> bool:
-        """Register ``handler`` for the graph run that started ``node_run`` (a run of ``node``)."""
+        Every run inside a node carries the node's task namespace in its metadata
+        (``langgraph_checkpoint_ns``); the graph run is the parent of the
+        outermost run with that namespace.
+        """
         with self._lock:
-            run_id = node_run
-            while run_id is not None and self._runs.get(run_id, (None, None))[1] == node:
-                run_id = self._runs[run_id][0]
-            if run_id is None or run_id == node_run:
-                return False
-            self._scopes[run_id] = handler
-            return True
+            task = self._runs.get(run_id, (None, None))[1] if run_id is not None else None
+            graph = run_id
+            while graph is not None and task is not None and self._runs.get(graph, (None, None))[1] == task:
+                graph = self._runs[graph][0]
+            if graph is None or task is None:
+                raise BudgetConfigError(
+                    "BudgetMiddleware runs only inside a create_agent graph built after it was created",
+                    field="middleware",
+                )
+            if fresh or graph not in self._scopes:
+                self._scopes[graph] = create()
+            return self._scopes[graph]
 
     def _forward(self, event: str, *args: Any, run_id: UUID, **kwargs: Any) -> None:
         if event.endswith("_start"):
             metadata = kwargs.get("metadata") or {}
             with self._lock:
-                self._runs[run_id] = (kwargs.get("parent_run_id"), metadata.get("langgraph_node"))
-        found = self._scope_of(run_id)
+                self._runs[run_id] = (kwargs.get("parent_run_id"), metadata.get("langgraph_checkpoint_ns"))
+        handler = self._nearest(run_id)
         try:
-            if found is not None:
-                getattr(found[1], event)(*args, run_id=run_id, **kwargs)
+            if handler is not None:
+                getattr(handler, event)(*args, run_id=run_id, **kwargs)
         finally:
             if event.endswith(("_end", "_error")):
                 with self._lock:
@@ -241,24 +248,21 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
 
     # -- the invocation's handler -------------------------------------------------------
 
-    def _meter(self) -> Meter:
-        handler = _router.handler_for(_current_run())
-        if handler is None:
-            raise BudgetConfigError(
-                f"{self.name} found no budget for this run: its before_agent hook did not run", field="middleware"
-            )
-        return handler.meter
-
-    def before_agent(self, state: BudgetState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Open the invocation's run scope (or the thread's, with ``scope="thread"``)."""
+    def _new_handler(self) -> BudgetCallbackHandler:
         thread = (get_config().get("configurable") or {}).get("thread_id")
         if self.scope == "thread" and thread is None:
             raise BudgetConfigError("scope='thread' needs config={'configurable': {'thread_id': ...}}", field="scope")
         run_id = f"thread:{thread}" if self.scope == "thread" else uuid.uuid4().hex
         meter = Meter(self.budget, run_id=run_id, **self._meter_args)
-        handler = BudgetCallbackHandler(meter=meter, count_steps=False, chain_checks=False)
-        if not _router.open_scope(_current_run(), f"{self.name}.before_agent", handler):
-            raise BudgetConfigError(f"{self.name} could not find its agent run", field="middleware")
+        return BudgetCallbackHandler(meter=meter, count_steps=False, chain_checks=False)
+
+    def _meter(self) -> Meter:
+        # An invocation resumed from a checkpoint skips before_agent: its scope opens here.
+        return _router.scope(_current_run(), self._new_handler).meter
+
+    def before_agent(self, state: BudgetState, runtime: Runtime[Any]) -> dict[str, Any] | None:
+        """Open the invocation's run scope (or the thread's, with ``scope="thread"``)."""
+        _router.scope(_current_run(), self._new_handler, fresh=True)
         return None
 
     async def abefore_agent(self, state: BudgetState, runtime: Runtime[Any]) -> dict[str, Any] | None:

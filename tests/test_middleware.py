@@ -23,7 +23,7 @@ from langchain_core.tools import tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
-from langgraph.types import RetryPolicy
+from langgraph.types import Command, RetryPolicy, interrupt
 
 from budget_plugins import Budget, BudgetCallbackHandler, BudgetExceeded, BudgetMiddleware
 from budget_plugins.testing import ScriptedChatModel, counting_tool, runaway_model, scripted_model
@@ -351,3 +351,49 @@ def test_plain_handler_refusal_in_a_parallel_node_reaches_its_error_handler() ->
 
     with pytest.raises(BudgetExceeded):
         parallel_nodes_with_error_handler(runaway_model(), handled).compile().invoke({"out": []}, config)
+
+
+# -- resumes and nesting ------------------------------------------------------------------------------
+
+
+def test_an_invocation_resumed_from_an_interrupt_is_still_budgeted() -> None:
+    asked: list[str] = []
+
+    @tool
+    def delete(query: str = "") -> str:
+        """Deletes things, after a human said yes."""
+        if not asked:
+            asked.append(interrupt("delete?"))
+        return "deleted"
+
+    model = runaway_model(tool="delete")
+    mw = BudgetMiddleware(Budget(max_model_calls=3), scope="thread", hooks=[])
+    agent = create_agent(model, [delete], middleware=[mw], checkpointer=InMemorySaver())
+    thread: RunnableConfig = {"configurable": {"thread_id": "t1"}}
+
+    paused = agent.invoke(ask(), thread)
+    assert "__interrupt__" in paused and model.calls == 1
+
+    result = agent.invoke(Command(resume="yes"), thread)  # before_agent does not run again
+
+    assert asked == ["yes"] and model.calls == 3
+    assert result["budget"]["used"]["model_calls"] == 3
+
+
+def test_a_sub_agent_without_its_own_budget_spends_its_callers() -> None:
+    inner_model = runaway_model(tool="lookup")
+    inner = create_agent(inner_model, [counting_tool("lookup")])
+
+    @tool
+    def research(query: str = "") -> str:
+        """Asks a research sub-agent."""
+        return str(inner.invoke(ask(query))["messages"][-1].content)
+
+    outer_model = runaway_model(tool="research")
+    agent = guarded_agent(outer_model, Budget(max_model_calls=6), tools=[research])
+
+    result = agent.invoke(ask())
+
+    assert outer_model.calls + inner_model.calls == 6
+    assert result["budget"]["used"]["model_calls"] == 6
+    assert result["messages"][-1].content.startswith("Stopped:")
