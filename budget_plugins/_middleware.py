@@ -111,11 +111,15 @@ class _Router(BaseCallbackHandler):
             with self._lock:
                 self._runs[run_id] = (kwargs.get("parent_run_id"), metadata.get("langgraph_checkpoint_ns"))
         handler = self._nearest(run_id)
+        ended = event.endswith(("_end", "_error"))
         try:
             if handler is not None:
                 getattr(handler, event)(*args, run_id=run_id, **kwargs)
+        except BaseException:
+            ended = True  # a refused start gets no end event
+            raise
         finally:
-            if event.endswith(("_end", "_error")):
+            if ended:
                 with self._lock:
                     self._runs.pop(run_id, None)
                     closed = self._scopes.pop(run_id, None)

@@ -416,9 +416,11 @@ def test_checkpointed_thread_resumes_under_a_new_budget() -> None:
     graph = react_prebuilt(model, [search], checkpointer=InMemorySaver())
     thread: RunnableConfig = {"configurable": {"thread_id": "t1"}}
 
-    guard(graph, Budget(max_tool_calls=2), hooks=[]).invoke(ask(), thread)
+    first = guard(graph, Budget(max_tool_calls=2), hooks=[])
+    first.invoke(ask(), thread)
 
-    paused = graph.get_state(thread)
+    paused = first.get_state(thread)  # the guard is the graph: its other attributes are the graph's
+    assert any(is_budget_stop(i) for i in paused.interrupts)
     assert paused.next == ("tools",)  # the refused node is still pending: the thread is consistent
     assert paused.values["messages"][-1].tool_calls  # and no stop message was written into it
     assert search.metadata["calls"] == 2

@@ -397,3 +397,15 @@ def test_a_sub_agent_without_its_own_budget_spends_its_callers() -> None:
     assert outer_model.calls + inner_model.calls == 6
     assert result["budget"]["used"]["model_calls"] == 6
     assert result["messages"][-1].content.startswith("Stopped:")
+
+
+def test_the_router_forgets_every_run_once_it_ends_refused_ones_included() -> None:
+    from budget_plugins._middleware import _router
+
+    agent = guarded_agent(runaway_model(parallel=2), Budget(max_model_calls=3, max_tool_calls=3))
+    before = (len(_router._runs), len(_router._scopes))
+
+    for _ in range(3):
+        agent.invoke(ask())
+
+    assert (len(_router._runs), len(_router._scopes)) == before
