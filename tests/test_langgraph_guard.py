@@ -641,3 +641,12 @@ def test_budget_in_the_state_schema_receives_the_report() -> None:
 
     assert result["budget"]["exhausted"]["dimension"] == "model_calls"
     assert result["budget"]["used"]["model_calls"] == 2
+
+
+def test_guarding_a_guarded_graph_replaces_its_budget() -> None:
+    model, search = runaway_model(), counting_tool("search")
+    first = guard(react_by_hand(model, [search]), Budget(max_model_calls=5), hooks=[])
+
+    guard(first, Budget(max_model_calls=2), hooks=[]).invoke(ask())
+
+    assert model.calls == 2

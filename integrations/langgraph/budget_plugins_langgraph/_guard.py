@@ -38,6 +38,7 @@ class GuardedGraph(Runnable[Any, Any]):
     Build it with :func:`guard`.
 
     Attributes:
+        source: The compiled graph as given.
         graph: The guarded copy of the compiled graph.
         budget: The enforced budget.
         ledger: Where usage lives (shared by every invocation of this guard).
@@ -45,9 +46,11 @@ class GuardedGraph(Runnable[Any, Any]):
             with ``"exhausted"`` set when the budget stopped it.
     """
 
+    source: Pregel[Any, Any, Any, Any]
+
     def __init__(
         self,
-        graph: StateGraph[Any, Any, Any, Any] | Pregel[Any, Any, Any, Any],
+        graph: StateGraph[Any, Any, Any, Any] | Pregel[Any, Any, Any, Any] | GuardedGraph,
         budget: Budget,
         *,
         max_node_visits: Mapping[str, int] | None = None,
@@ -60,6 +63,8 @@ class GuardedGraph(Runnable[Any, Any]):
         agent: str | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if isinstance(graph, GuardedGraph):  # a new budget for a guarded graph
+            graph = graph.source
         compiled = graph.compile() if isinstance(graph, StateGraph) else graph
         if not isinstance(compiled, Pregel):
             raise BudgetConfigError(
@@ -67,6 +72,7 @@ class GuardedGraph(Runnable[Any, Any]):
             )
         if scope not in ("run", "thread"):
             raise BudgetConfigError(f"scope must be 'run' or 'thread', got {scope!r}", field="scope")
+        self.source = compiled
         self.graph, names = guard_nodes(compiled)
         self.budget = budget
         self.ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
@@ -217,7 +223,7 @@ def _visit_limits(caps: Mapping[str, int], names: set[str]) -> dict[str, int]:
 
 
 def guard(
-    graph: StateGraph[Any, Any, Any, Any] | Pregel[Any, Any, Any, Any],
+    graph: StateGraph[Any, Any, Any, Any] | Pregel[Any, Any, Any, Any] | GuardedGraph,
     budget: Budget,
     *,
     max_node_visits: Mapping[str, int] | None = None,
@@ -234,7 +240,8 @@ def guard(
 
     Args:
         graph: A ``StateGraph`` (compiled without options) or any compiled graph,
-            including ``create_react_agent`` and LangChain ``create_agent`` graphs.
+            including ``create_react_agent`` and LangChain ``create_agent`` graphs;
+            a :class:`GuardedGraph` is guarded anew with this budget.
         budget: The limits. ``on_exhausted`` defaults to ``"end"`` here: the run
             ends normally with its partial state; ``"raise"`` raises
             :class:`~budget_plugins.BudgetExceeded`.
