@@ -9,8 +9,9 @@ Routing: middleware hooks cannot put a handler into the invocation's
 callbacks, and some model calls (``SummarizationMiddleware``'s) happen in nodes
 no ``wrap_model_call`` sees. So one process-wide router, registered as an
 inheritable configure hook once a ``BudgetMiddleware`` exists, follows the run
-tree and forwards the events under an agent invocation to the handler that
-``before_agent`` registered for it. Each event reaches exactly one handler: no
+tree and forwards the events under an agent invocation to the handler
+registered for it (by ``before_agent``, or on first use when an invocation
+resumed from a checkpoint skips it). Each event reaches exactly one handler: no
 double counting.
 """
 
