@@ -28,11 +28,10 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from budget_plugins_langgraph._guard import GuardedGraph, GuardScope, guard
 from budget_plugins_langgraph._manual import budget_node, budget_route
-from budget_plugins_langgraph._run import STOP_REASON, BudgetInterrupt, is_budget_stop
+from budget_plugins_langgraph._run import STOP_REASON, is_budget_stop
 
 __all__ = [
     "STOP_REASON",
-    "BudgetInterrupt",
     "GuardScope",
     "GuardedGraph",
     "budget_node",

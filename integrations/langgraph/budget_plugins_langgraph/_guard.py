@@ -44,6 +44,24 @@ class GuardedGraph(Runnable[Any, Any]):
         ledger: Where usage lives (shared by every invocation of this guard).
         last_report: Usage against limits of the latest finished invocation,
             with ``"exhausted"`` set when the budget stopped it.
+
+    Example:
+        >>> from typing import TypedDict
+        >>> from langgraph.checkpoint.memory import InMemorySaver
+        >>> from langgraph.graph import StateGraph
+        >>> class State(TypedDict):
+        ...     n: int
+        >>> builder = StateGraph(State)
+        >>> _ = builder.add_node("loop", lambda s: {"n": s["n"] + 1})
+        >>> _ = builder.set_entry_point("loop").add_edge("loop", "loop")
+        >>> app = guard(builder.compile(checkpointer=InMemorySaver()), Budget(max_steps=3), hooks=[])
+        >>> thread = {"configurable": {"thread_id": "1"}}
+        >>> app.invoke({"n": 0}, thread)
+        {'n': 3}
+        >>> app.get_state(thread).next  # the refused step is pending in the checkpoint
+        ('loop',)
+        >>> guard(app, Budget(max_steps=2), hooks=[]).invoke(None, thread)  # go on, under a new budget
+        {'n': 5}
     """
 
     source: Pregel[Any, Any, Any, Any]

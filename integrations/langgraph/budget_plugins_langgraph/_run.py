@@ -63,7 +63,13 @@ def stop_value(error: BudgetExceeded) -> dict[str, Any]:
 
 
 def is_budget_stop(interrupt: object) -> bool:
-    """True for an interrupt raised by the guard."""
+    """True for an interrupt raised by the guard (a budget stop), False for others.
+
+    Example:
+        >>> error = BudgetExceeded("steps", limit=1, used=1, requested=1)
+        >>> is_budget_stop(Interrupt(stop_value(error))), is_budget_stop(Interrupt("approve?"))
+        (True, False)
+    """
     value = getattr(interrupt, "value", None)
     return isinstance(value, Mapping) and value.get("reason") == STOP_REASON
 
