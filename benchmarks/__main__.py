@@ -65,16 +65,18 @@ def redis_todo(config: Config) -> Section:
 
 
 def _measurements() -> list[tuple[str, Callable[[Config], Section]]]:
+    from benchmarks.bench_autogen import autogen
     from benchmarks.bench_cold_start import cold_start
     from benchmarks.bench_langchain import callback_overhead, react_loop, versus_middleware
     from benchmarks.bench_memory import memory
+    from benchmarks.bench_redis import redis_ledger
 
     return [
         ("1", react_loop),
         ("2", callback_overhead),
         ("3", versus_middleware),
-        ("4", autogen_todo),
-        ("5", redis_todo),
+        ("4", autogen if _has("budget_plugins_autogen", "BudgetTermination") else autogen_todo),
+        ("5", redis_ledger if _has("budget_plugins", "RedisLedger") else redis_todo),
         ("6", memory),
         ("7", cold_start),
     ]
@@ -83,11 +85,11 @@ def _measurements() -> list[tuple[str, Callable[[Config], Section]]]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes and 3 rounds: checks that everything runs")
-    parser.add_argument("--rounds", type=int, help="alternating rounds per measurement (default 11, quick 3)")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per measurement (default 15, quick 3)")
     parser.add_argument("--only", help="comma-separated measurement numbers, e.g. 1,2")
     parser.add_argument("--output", type=Path, help="where to write the Markdown (default benchmarks/RESULTS.md)")
     args = parser.parse_args(argv)
-    config = Config(quick=args.quick, rounds=args.rounds or (3 if args.quick else 11))
+    config = Config(quick=args.quick, rounds=args.rounds or (3 if args.quick else 15))
     output: Path = args.output or HERE / "RESULTS.md"
     wanted = set(args.only.split(",")) if args.only else None
     started = time.perf_counter()

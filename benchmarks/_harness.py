@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 
 @dataclass
@@ -20,7 +21,7 @@ class Config:
     """How hard to measure: ``quick`` is the smoke-test size."""
 
     quick: bool = False
-    rounds: int = 11
+    rounds: int = 15
 
     def pick(self, full: int, quick: int) -> int:
         return quick if self.quick else full
@@ -40,6 +41,7 @@ class Row:
     met: bool | None = None
     note: str = ""
     fmt: str = "{:.3f}"
+    cpu: str = ""
 
     def value(self) -> str:
         return "—" if self.ratio is None else self.fmt.format(self.ratio)
@@ -63,6 +65,7 @@ class Timings:
     """Seconds per sample for every variant, gathered in alternating order."""
 
     samples: dict[str, list[float]]
+    cpu: dict[str, list[float]] = field(default_factory=dict)
 
     def median(self, name: str) -> float:
         return statistics.median(self.samples[name])
@@ -76,6 +79,12 @@ class Timings:
         ratios = sorted(self.ratios(name, baseline))
         median = statistics.median(ratios)
         q1, q3 = _quartiles(ratios)
+        cpu = ""
+        if self.cpu.get(name) and self.cpu.get(baseline):
+            cpu_ratios = sorted(b / a for a, b in zip(self.cpu[baseline], self.cpu[name], strict=True) if a > 0)
+            if cpu_ratios:
+                c1, c3 = _quartiles(cpu_ratios)
+                cpu = f"{statistics.median(cpu_ratios):.3f} (IQR {c1:.3f}-{c3:.3f})"
         return Row(
             name=label or f"{name} / {baseline}",
             ratio=median,
@@ -86,6 +95,7 @@ class Timings:
             target=f"≤ {target:.2f}" if target is not None else "(reference)",
             met=None if target is None else median <= target,
             note=note,
+            cpu=cpu,
         )
 
 
@@ -108,6 +118,7 @@ def alternate(variants: dict[str, Callable[[], object]], rounds: int, *, warmup:
         for name in names:
             variants[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}
     for index in range(rounds):
         shift = index % len(names)
         order = names[shift:] + names[:shift]
@@ -115,10 +126,12 @@ def alternate(variants: dict[str, Callable[[], object]], rounds: int, *, warmup:
             order.reverse()
         for name in order:
             gc.collect()
+            start_cpu = time.process_time()
             start = time.perf_counter()
             variants[name]()
             samples[name].append(time.perf_counter() - start)
-    return Timings(samples)
+            cpu[name].append(time.process_time() - start_cpu)
+    return Timings(samples, cpu)
 
 
 def package_versions() -> dict[str, str]:
@@ -186,7 +199,9 @@ def render(sections: Sequence[Section], config: Config, elapsed: float) -> str:
         "Every ratio is *variant / baseline* measured in the same process, the variants interleaved",
         "round by round (A B, B A, ...); the table shows the median of the per-round ratios and their",
         "spread (min-max and the interquartile range). This machine is shared and noisy: read the",
-        "spread before reading the third digit. No test asserts any of these numbers.",
+        "spread before reading the third digit. Targets are judged on the wall-time median; the",
+        "*CPU ratio* column is the same comparison in this process's CPU time (all its threads), which",
+        "other tenants of the machine disturb much less. No test asserts any of these numbers.",
         "",
         "## Machine",
         "",
@@ -216,8 +231,8 @@ def render(sections: Sequence[Section], config: Config, elapsed: float) -> str:
             first, second = section.columns
             lines += [
                 "",
-                f"| variant | {first} | {second} | target | met | note |",
-                "| --- | --- | --- | --- | --- | --- |",
+                f"| variant | {first} | {second} | CPU ratio | target | met | note |",
+                "| --- | --- | --- | --- | --- | --- | --- |",
             ]
             for row in section.rows:
                 met = "—" if row.met is None else ("yes" if row.met else "**no**")
@@ -227,10 +242,15 @@ def render(sections: Sequence[Section], config: Config, elapsed: float) -> str:
                     spread = f"{_fmt(row.low)}-{_fmt(row.high)}"
                 else:
                     spread = f"{_fmt(row.low)}-{_fmt(row.high)}; IQR {_fmt(row.q1)}-{_fmt(row.q3)}"
-                lines.append(f"| {row.name} | {row.value()} | {spread} | {row.target} | {met} | {row.note} |")
+                lines.append(
+                    f"| {row.name} | {row.value()} | {spread} | {row.cpu or '—'} | {row.target} | {met} | {row.note} |"
+                )
         if section.notes:
             lines.append("")
             lines += section.notes
+    analysis = Path(__file__).with_name("ANALYSIS.md")
+    if analysis.exists() and not config.quick:
+        lines += ["", analysis.read_text(encoding="utf-8").rstrip()]
     lines.append("")
     return "\n".join(lines)
 

@@ -112,52 +112,80 @@ def react_loop(config: Config) -> Section:
     model = runaway_model()
     tool = counting_tool()
     agent = create_agent(model, [tool])
+    guarded_graph = _langgraph_guard(agent)
+    inputs = {"messages": [("user", "go")]}
     seen: dict[str, Any] = {}
 
-    def invoke(callbacks: list[Any]) -> None:
+    def invoke(graph: Any, callbacks: list[Any]) -> None:
         with contextlib.suppress(GraphRecursionError):
-            agent.invoke({"messages": [("user", "go")]}, config={"recursion_limit": steps, "callbacks": callbacks})
+            graph.invoke(inputs, config={"recursion_limit": steps, "callbacks": callbacks})
 
-    def guarded() -> None:
+    def with_handler() -> None:
         handler = new_handler()
-        invoke([handler])
+        invoke(agent, [handler])
         seen["report"] = handler.report()
 
-    variants = {
-        "unguarded": lambda: invoke([]),
-        "no-op handler": lambda: invoke([NoopHandler()]),
-        "guarded": guarded,
+    variants: dict[str, Callable[[], None]] = {
+        "unguarded": lambda: invoke(agent, []),
+        "no-op handler": lambda: invoke(agent, [NoopHandler()]),
+        "BudgetCallbackHandler": with_handler,
     }
+    if guarded_graph is not None:
+        variants["LangGraph guard"] = lambda: invoke(guarded_graph, [])
     timings = alternate(variants, config.rounds)
     used = seen["report"]["used"]
     section = Section(
         "1",
         f"Guard overhead on a {steps}-step ReAct loop",
         "`langchain.agents.create_agent(runaway_model(), [counting_tool()])` run until"
-        f" `recursion_limit={steps}` stops it (LangGraph's `GraphRecursionError` is caught); one run per sample."
-        " *guarded*: a fresh `BudgetCallbackHandler` per run with call, token and cost limits on an in-memory"
-        f" ledger. A guarded run counted steps={used.get('steps')}, model_calls={used.get('model_calls')},"
-        f" tool_calls={used.get('tool_calls')}. **The LangGraph guard (`budget_plugins_langgraph`) is not"
-        " committed yet**, so this measures the LangChain handler on the LangGraph-based agent; re-measure with"
-        " the graph guard when it lands.",
+        f" `recursion_limit={steps}` stops it (LangGraph's `GraphRecursionError` is caught, the same in every"
+        " variant); one run per sample. Guarded variants limit calls, tokens and cost (never reached) on an"
+        " in-memory ledger: *LangGraph guard* is `budget_plugins_langgraph.guard(agent, budget)` (a fresh run"
+        " scope per invocation); *BudgetCallbackHandler* is a fresh handler per run passed in `callbacks`. A"
+        f" handler-guarded run counted steps={used.get('steps')}, model_calls={used.get('model_calls')},"
+        f" tool_calls={used.get('tool_calls')}.",
     )
-    section.rows = [
+    if guarded_graph is None:
+        section.method += " **The LangGraph guard is not available (not committed yet): only the handler is measured.**"
+    if guarded_graph is not None:
+        section.rows.append(
+            timings.row(
+                "LangGraph guard",
+                "unguarded",
+                label="LangGraph guard / unguarded",
+                target=TARGET,
+                note=_overhead_note(timings, "LangGraph guard", "unguarded", steps, "step"),
+            )
+        )
+    section.rows += [
         timings.row(
-            "guarded",
+            "BudgetCallbackHandler",
             "unguarded",
+            label="handler / unguarded",
             target=TARGET,
-            note=_overhead_note(timings, "guarded", "unguarded", steps, "step"),
+            note=_overhead_note(timings, "BudgetCallbackHandler", "unguarded", steps, "step"),
         ),
         timings.row(
             "no-op handler",
             "unguarded",
             note=_overhead_note(timings, "no-op handler", "unguarded", steps, "step"),
         ),
-        timings.row("guarded", "no-op handler"),
+        timings.row("BudgetCallbackHandler", "no-op handler", label="handler / no-op handler"),
     ]
-    if not config.quick and not section.rows[0].met:
-        section.notes += profile(guarded)
+    if not config.quick and guarded_graph is not None and not section.rows[0].met:
+        section.notes += profile(lambda: invoke(guarded_graph, []))
+    elif not config.quick and not section.rows[0].met:
+        section.notes += profile(with_handler)
     return section
+
+
+def _langgraph_guard(graph: Any) -> Any:
+    """``budget_plugins_langgraph.guard(graph, ...)``, or None while the guard is not available."""
+    try:
+        from budget_plugins_langgraph import guard
+    except ImportError:
+        return None
+    return guard(graph, guard_budget(), ledger=InMemoryLedger(), hooks=[])
 
 
 # -- 3. versus LangChain's call-limit middlewares --------------------------------------
@@ -194,15 +222,24 @@ def versus_middleware(config: Config) -> Section:
         seen["result"] = guarded_agent.invoke(inputs, config={**limit, "callbacks": [handler]})
         seen["report"] = handler.report()
 
-    variants = {
+    variants: dict[str, Callable[[], object]] = {
         "unguarded": lambda: plain.invoke(inputs, config=limit),
         "LangChain middlewares (calls only)": lambda: theirs.invoke(inputs, config=limit),
         "BudgetCallbackHandler (calls+tokens+cost)": ours,
     }
+    graph_guarded = _langgraph_guard(create_agent(fresh_model(), [counting_tool()]))
+    if graph_guarded is not None:
+
+        def graph() -> None:
+            graph_guarded.invoke(inputs, config=limit)
+            seen["graph"] = graph_guarded.last_report["used"]
+
+        variants["LangGraph guard (calls+tokens+cost)"] = graph
     timings = alternate(variants, config.rounds)
     used = seen["report"]["used"]
     assert used["model_calls"] == model_calls, used
-    theirs_name, ours_name = list(variants)[1:]
+    assert graph_guarded is None or seen["graph"]["model_calls"] == model_calls, seen
+    theirs_name, ours_name = list(variants)[1:3]
     section = Section(
         "3",
         "Versus LangChain `ModelCallLimitMiddleware` + `ToolCallLimitMiddleware`",
@@ -213,11 +250,11 @@ def versus_middleware(config: Config) -> Section:
         " are never reached. Target: ours costs no more per step than theirs (ratio ours/theirs ≤ 1.00).",
     )
     section.rows = [
-        timings.row(ours_name, theirs_name, label="ours / theirs", target=1.0),
+        timings.row(ours_name, theirs_name, label="ours (handler) / theirs", target=1.0),
         timings.row(
             ours_name,
             "unguarded",
-            label="ours / unguarded",
+            label="ours (handler) / unguarded",
             note=_overhead_note(timings, ours_name, "unguarded", steps, "step"),
         ),
         timings.row(
@@ -227,6 +264,17 @@ def versus_middleware(config: Config) -> Section:
             note=_overhead_note(timings, theirs_name, "unguarded", steps, "step"),
         ),
     ]
+    if graph_guarded is not None:
+        name = "LangGraph guard (calls+tokens+cost)"
+        section.rows[1:1] = [timings.row(name, theirs_name, label="ours (LangGraph guard) / theirs", target=1.0)]
+        section.rows.append(
+            timings.row(
+                name,
+                "unguarded",
+                label="ours (LangGraph guard) / unguarded",
+                note=_overhead_note(timings, name, "unguarded", steps, "step"),
+            )
+        )
     section.notes.append(
         "Their middlewares add graph nodes (`before_model`/`after_model` hooks run as LangGraph steps); our"
         " handler adds callbacks but no nodes, and LangChain builds callback managers for every run once any"
