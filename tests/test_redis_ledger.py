@@ -106,6 +106,8 @@ def test_options_are_validated_eagerly() -> None:
         RedisLedger(namespace="a}b")
     with pytest.raises(BudgetConfigError, match="timeout"):
         RedisLedger(timeout=0)
+    with pytest.raises(BudgetConfigError, match="client"):
+        RedisLedger(client=redis.Redis()).as_async()  # nothing to build an asyncio client from
 
 
 def test_every_script_documents_keys_argv_and_return() -> None:

@@ -34,6 +34,8 @@ from budget_plugins._usage import ScopeUsage
 
 T = TypeVar("T")
 
+DEFAULT_URL = "redis://localhost:6379/0"
+
 __all__ = ["AsyncRedisLedger", "RedisLedger", "ScopeStatus"]
 
 
@@ -89,7 +91,8 @@ class RedisLedger:
     a crashed process come back when it runs out.
 
     Args:
-        url: ``redis://``, ``rediss://``, ``unix://`` or ``redis+cluster://host:port``.
+        url: ``redis://``, ``rediss://``, ``unix://`` or ``redis+cluster://host:port``
+            (default ``redis://localhost:6379/0``).
         client: A ready ``redis.Redis``/``redis.cluster.RedisCluster`` to use instead of
             building one from ``url`` (its timeouts and retries are then yours).
         cluster: Force cluster mode on or off (default: from the URL scheme).
@@ -131,7 +134,7 @@ class RedisLedger:
 
     def __init__(
         self,
-        url: str = "redis://localhost:6379/0",
+        url: str | None = None,
         *,
         client: Any = None,
         cluster: bool | None = None,
@@ -150,7 +153,7 @@ class RedisLedger:
     ) -> None:
         self._core = _core or Core(
             _options(
-                url,
+                url or DEFAULT_URL,
                 cluster=cluster,
                 namespace=namespace,
                 failure_policy=failure_policy,
@@ -167,7 +170,7 @@ class RedisLedger:
         )
         self._client: Any = client
         self._own_client = client is None
-        self._url_given = client is None or url != "redis://localhost:6379/0"
+        self._url_given = client is None or url is not None
         self._scripts: dict[str, Any] = {}
         self._lock = threading.Lock()
 
@@ -326,7 +329,7 @@ class AsyncRedisLedger:
 
     def __init__(
         self,
-        url: str = "redis://localhost:6379/0",
+        url: str | None = None,
         *,
         client: Any = None,
         cluster: bool | None = None,
@@ -345,7 +348,7 @@ class AsyncRedisLedger:
     ) -> None:
         self._core = _core or Core(
             _options(
-                url,
+                url or DEFAULT_URL,
                 cluster=cluster,
                 namespace=namespace,
                 failure_policy=failure_policy,
