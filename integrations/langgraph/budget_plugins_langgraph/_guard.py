@@ -41,7 +41,8 @@ class GuardedGraph(Runnable[Any, Any]):
         source: The compiled graph as given.
         graph: The guarded copy of the compiled graph.
         budget: The enforced budget.
-        ledger: Where usage lives (shared by every invocation of this guard).
+        ledger: Where thread scopes and ceilings live (with the default
+            in-memory ledger, each run scope gets a ledger of its own).
         last_report: Usage against limits of the latest finished invocation,
             with ``"exhausted"`` set when the budget stopped it.
 
@@ -94,6 +95,7 @@ class GuardedGraph(Runnable[Any, Any]):
         self.graph, names = guard_nodes(compiled)
         self.budget = budget
         self.ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
+        self._ledger_per_run = ledger is None and scope == "run" and not ceilings
         self.scope = scope
         self.name = compiled.name
         self.last_report: dict[str, Any] | None = None
@@ -113,7 +115,10 @@ class GuardedGraph(Runnable[Any, Any]):
     # -- one invocation -------------------------------------------------------------
 
     def _new_meter(self, run_id: str) -> Meter:
-        return Meter(self.budget, run_id=run_id, **self._meter_args)
+        args = self._meter_args
+        if self._ledger_per_run:  # nothing outlives a run scope: a long-lived guard must not grow
+            args = {**args, "ledger": InMemoryLedger()}
+        return Meter(self.budget, run_id=run_id, **args)
 
     def _run_id(self, config: RunnableConfig) -> str:
         if self.scope == "run":
@@ -264,8 +269,8 @@ def guard(
             ends normally with its partial state; ``"raise"`` raises
             :class:`~budget_plugins.BudgetExceeded`.
         max_node_visits: Visits allowed per node name, e.g. ``{"critic": 3}``.
-        ledger: Where usage lives; a fresh in-memory ledger by default (shared by
-            every invocation of the returned graph).
+        ledger: Where usage lives. By default an in-memory ledger owned by the
+            returned graph for thread scopes and ceilings, and one per run scope.
         ceilings: Workflow/tenant limits checked atomically with the run's.
         tenant: Tenant id for ceilings and attribution.
         workflow: Workflow id for ceilings and attribution.
