@@ -13,10 +13,10 @@ import asyncio
 import threading
 import weakref
 from collections.abc import AsyncGenerator, Generator, Mapping, Sequence
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from budget_plugins._errors import BudgetConfigError
-from budget_plugins._ledger import DEFAULT_LEASE_SECONDS, AsyncLedger, Grant, Scope, Settlement
+from budget_plugins._ledger import DEFAULT_LEASE_SECONDS, AsyncLedger, Grant, Ledger, Scope, Settlement
 from budget_plugins._redis._core import (
     SCRIPT_NAMES,
     Call,
@@ -284,7 +284,7 @@ class RedisLedger:
         """
         return self._drive(self._core.sweep(self._node_of, tenants))
 
-    def as_async(self) -> AsyncLedger:
+    def as_async(self) -> AsyncRedisLedger:
         """An :class:`AsyncRedisLedger` on the same URL and configuration (and circuit breakers)."""
         if not self._url_given:
             raise BudgetConfigError(
@@ -503,3 +503,9 @@ class AsyncRedisLedger:
     def __repr__(self) -> str:
         opts = self._core.options
         return f"AsyncRedisLedger({opts.url!r}, cluster={opts.cluster}, failure_policy={opts.failure_policy!r})"
+
+
+if TYPE_CHECKING:  # mypy checks that both doors implement the ledger protocols
+
+    def _conforms(ledger: RedisLedger, aledger: AsyncRedisLedger) -> tuple[Ledger, AsyncLedger]:
+        return ledger, aledger
