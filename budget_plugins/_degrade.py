@@ -18,7 +18,7 @@ from langchain_core.outputs import ChatResult
 from langchain_core.runnables import Runnable
 from pydantic import ConfigDict
 
-from budget_plugins._meter import Meter
+from budget_plugins._meter import Meter, current_meter
 
 WRAP_UP_NOTE = (
     "Budget note: this run is close to its budget. Finish now: give your best final answer "
@@ -33,6 +33,10 @@ class TieredChatModel(BaseChatModel):
         primary: The model used while the budget is comfortable.
         cheaper: The model one tier down, used from the degrade threshold on.
         meter: The run's meter (e.g. ``handler.meter``), whose ``level`` decides.
+            ``None`` (the default): the meter of whichever budget guards each call
+            — a :class:`BudgetCallbackHandler` in its callbacks, the LangGraph
+            ``guard()`` or ``BudgetMiddleware`` of its invocation, or the enclosing
+            ``with budget(...)`` block.
         wrap_up_note: Add a system note asking the agent to wrap up once degraded
             (``None`` to disable).
 
@@ -52,18 +56,40 @@ class TieredChatModel(BaseChatModel):
 
     primary: BaseChatModel
     cheaper: BaseChatModel
-    meter: Meter
+    meter: Meter | None = None
     wrap_up_note: str | None = WRAP_UP_NOTE
     disable_streaming: bool = True  # type: ignore[assignment]
 
     @property
     def degraded(self) -> bool:
-        """Whether the next call goes to the cheaper model."""
-        return self.meter.level in ("degrade", "deny")
+        """Whether the next call goes to the cheaper model (for a fixed or ambient meter)."""
+        return _is_degraded(self.meter or current_meter.get())
 
     @property
     def _current(self) -> BaseChatModel:
         return self.cheaper if self.degraded else self.primary
+
+    def _meter_for(self, run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None) -> Meter | None:
+        if self.meter is not None:
+            return self.meter
+        if run_manager is not None:
+            for handler in run_manager.handlers:
+                find = getattr(handler, "meter_for", None)
+                found = find(run_manager.run_id) if callable(find) else None
+                if isinstance(found, Meter):
+                    return found
+        return current_meter.get()
+
+    def _route(
+        self,
+        messages: list[BaseMessage],
+        run_manager: CallbackManagerForLLMRun | AsyncCallbackManagerForLLMRun | None,
+    ) -> tuple[BaseChatModel, list[BaseMessage]]:
+        if not _is_degraded(self._meter_for(run_manager)):
+            return self.primary, messages
+        if self.wrap_up_note:
+            messages = [*messages, SystemMessage(self.wrap_up_note)]
+        return self.cheaper, messages
 
     @property
     def _llm_type(self) -> str:
@@ -77,11 +103,6 @@ class TieredChatModel(BaseChatModel):
         params.setdefault("model_name", getattr(current, "model_name", None) or getattr(current, "model", None))
         return params
 
-    def _prepare(self, messages: list[BaseMessage]) -> list[BaseMessage]:
-        if self.degraded and self.wrap_up_note:
-            return [*messages, SystemMessage(self.wrap_up_note)]
-        return messages
-
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -89,7 +110,8 @@ class TieredChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return self._current._generate(self._prepare(messages), stop=stop, **kwargs)
+        model, routed = self._route(messages, run_manager)
+        return model._generate(routed, stop=stop, **kwargs)
 
     async def _agenerate(
         self,
@@ -98,7 +120,8 @@ class TieredChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return await self._current._agenerate(self._prepare(messages), stop=stop, **kwargs)
+        model, routed = self._route(messages, run_manager)
+        return await model._agenerate(routed, stop=stop, **kwargs)
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:  # type: ignore[override]
         """Bind tools to both tiers (the routing happens per call)."""
@@ -109,6 +132,10 @@ class TieredChatModel(BaseChatModel):
             }
         )
         return bound
+
+
+def _is_degraded(meter: Meter | None) -> bool:
+    return meter is not None and meter.level in ("degrade", "deny")
 
 
 def _bound(model: BaseChatModel, tools: Sequence[Any], kwargs: dict[str, Any]) -> BaseChatModel:

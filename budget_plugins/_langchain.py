@@ -132,6 +132,10 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """The last refusal (a :class:`BudgetExceeded`) or ``None``."""
         return self.meter.exhausted
 
+    def meter_for(self, run_id: UUID | None) -> Meter | None:
+        """The meter that guards ``run_id`` (this handler guards every run it sees)."""
+        return self.meter
+
     def usage(self) -> ScopeUsage:
         """The run scope's used and held counters."""
         return self.meter.usage()

@@ -83,6 +83,11 @@ class _Router(BaseCallbackHandler):
                 run_id = self._runs.get(run_id, (None, None))[0]
         return None
 
+    def meter_for(self, run_id: UUID | None) -> Meter | None:
+        """The meter of the agent invocation ``run_id`` belongs to (see :class:`TieredChatModel`)."""
+        handler = self._nearest(run_id)
+        return handler.meter if handler is not None else None
+
     def scope(
         self, run_id: UUID | None, create: Callable[[], BudgetCallbackHandler], *, fresh: bool = False
     ) -> BudgetCallbackHandler:

@@ -41,3 +41,45 @@ def test_degraded_calls_carry_a_wrap_up_note() -> None:
     model = TieredChatModel(primary=runaway_model(), cheaper=small, meter=handler.meter)
     model.invoke("a", {"callbacks": [handler]})
     assert seen == [[WRAP_UP_NOTE]]
+
+
+def _tiers() -> tuple[TieredChatModel, object, object]:
+    big = runaway_model(model_name="gpt-4o")
+    small = runaway_model(model_name="gpt-4o-mini")
+    return TieredChatModel(primary=big, cheaper=small), big, small
+
+
+def test_langgraph_guard_degrades_then_ends_gracefully() -> None:
+    from budget_plugins_langgraph import guard
+
+    model, big, small = _tiers()
+    app = guard(create_agent(model, [counting_tool()]), Budget(max_model_calls=10), hooks=[])
+    result = app.invoke(GO)
+    assert (big.calls, small.calls) == (8, 2)  # type: ignore[attr-defined]
+    assert app.last_report is not None and app.last_report["exhausted"]["dimension"] == "model_calls"
+    assert "messages" in result
+
+
+def test_create_agent_middleware_degrades_then_ends_gracefully() -> None:
+    from budget_plugins import BudgetMiddleware
+
+    model, big, small = _tiers()
+    agent = create_agent(model, [counting_tool()], middleware=[BudgetMiddleware(Budget(max_model_calls=10), hooks=[])])
+    agent.invoke(GO)
+    assert (big.calls, small.calls) == (8, 2)  # type: ignore[attr-defined]
+
+
+def test_ambient_budget_block_degrades() -> None:
+    from budget_plugins import budget
+
+    model, big, small = _tiers()
+    with budget(Budget(max_model_calls=10), hooks=[]), pytest.raises(BudgetExceeded):
+        create_agent(model, [counting_tool()]).invoke(GO)
+    assert (big.calls, small.calls) == (8, 2)  # type: ignore[attr-defined]
+
+
+def test_without_any_budget_the_primary_serves_every_call() -> None:
+    model, big, small = _tiers()
+    for _ in range(3):
+        model.invoke("x")
+    assert (big.calls, small.calls) == (3, 0)  # type: ignore[attr-defined]
