@@ -210,13 +210,23 @@ def window_bucket(window: Window | None, epoch_seconds: float) -> str:
 
 
 class _ScopeState:
-    __slots__ = ("bucket", "held", "limits", "used")
+    __slots__ = ("bucket", "held", "limits", "previous", "used")
 
     def __init__(self, bucket: str) -> None:
         self.bucket = bucket
         self.used: dict[str, int] = {}
         self.held: dict[str, int] = {}
         self.limits: dict[str, int] = {}
+        # The window before the current one: a call reserved there and settled after
+        # the rollover is charged to it (a lease is far shorter than any window).
+        self.previous: tuple[str, dict[str, int]] | None = None
+
+    def used_in(self, bucket: str) -> dict[str, int] | None:
+        if bucket == self.bucket:
+            return self.used
+        if self.previous is not None and self.previous[0] == bucket:
+            return self.previous[1]
+        return None
 
     def view(self, label: str) -> ScopeUsage:
         return ScopeUsage(label, dict(self.used), dict(self.held), dict(self.limits))
@@ -315,6 +325,7 @@ class InMemoryLedger:
             state = self._scopes[scope.key] = _ScopeState(bucket)
         elif state.bucket != bucket:
             # A new window starts from zero; holds made in the old one stay held.
+            state.previous = (state.bucket, state.used)
             state.bucket = bucket
             state.used = {}
         if scope.limits:
@@ -347,6 +358,25 @@ class InMemoryLedger:
     def _views(self, scopes: Sequence[Scope], now: float) -> tuple[ScopeUsage, ...]:
         return tuple(self._state(s, now).view(s.label) for s in scopes)
 
+    def _charge(
+        self,
+        keys: Sequence[ScopeKey],
+        buckets: Sequence[str],
+        actual: Mapping[str, int],
+        scopes: Sequence[Scope],
+        now: float,
+    ) -> None:
+        """Add actual usage to each scope, in the window its reservation was made in."""
+        by_key = {scope.key: scope for scope in scopes}
+        for key, bucket in zip(keys, buckets, strict=True):
+            scope = by_key.get(key)
+            state = self._state(scope, now) if scope is not None else self._scopes.get(key)
+            if state is None:
+                continue
+            used = state.used_in(bucket)
+            if used is not None:
+                _add(used, actual)
+
     def _commit_locked(self, rid: str, scopes: Sequence[Scope], actual: Mapping[str, int], now: float) -> Settlement:
         actual = validate_amounts(actual, "commit")
         hold = self._holds.pop(rid, None)
@@ -356,21 +386,22 @@ class InMemoryLedger:
                 if state is not None:
                     _add(state.held, hold.amounts, -1)
             overage = {k: v - hold.amounts.get(k, 0) for k, v in actual.items() if v > hold.amounts.get(k, 0)}
-            for scope, bucket in zip(scopes, hold.buckets, strict=False):
-                state = self._state(scope, now)
-                if state.bucket == bucket:
-                    _add(state.used, actual)
+            self._charge(hold.keys, hold.buckets, actual, scopes, now)
             self._remember(rid, now, ("committed", None))
             return Settlement(rid, "committed", overage, self._views(scopes, now))
         previous = self._done.get(rid)
         if previous is not None and previous[1][0] == "committed":
             return Settlement(rid, "duplicate", {}, self._views(scopes, now))
-        status: SettleStatus = "expired" if previous is not None and previous[1][0] == "expired" else "unknown"
-        if previous is not None and previous[1][0] == "released":
-            status = "expired"
-        # The call really happened: record its spend even though its hold is gone.
-        for scope in scopes:
-            _add(self._state(scope, now).used, actual)
+        # The call really happened: record its spend even though its hold is gone,
+        # in the windows it was reserved in when the expired hold is still known.
+        expired = previous[1][1] if previous is not None and previous[1][0] == "expired" else None
+        if isinstance(expired, _Hold):
+            self._charge(expired.keys, expired.buckets, actual, scopes, now)
+        else:
+            unique = list({scope.key: scope for scope in scopes}.values())
+            for scope in unique:
+                _add(self._state(scope, now).used, actual)
+        status: SettleStatus = "expired" if previous is not None else "unknown"
         self._remember(rid, now, ("committed", None))
         return Settlement(rid, status, dict(actual), self._views(scopes, now))
 
@@ -400,27 +431,25 @@ class InMemoryLedger:
                 if existing is not None and existing.amounts != amounts:
                     raise ReservationError(f"reservation {reservation_id!r} was already made with other amounts")
                 return Grant(reservation_id, True, None, self._views(scopes, now), duplicate=True)
-            states = [self._state(s, now) for s in scopes]
+            unique = list({scope.key: scope for scope in scopes}.values())  # a scope listed twice is held once
+            states = [self._state(s, now) for s in unique]
             denial: Denial | None = None
-            for scope, state in zip(scopes, states, strict=True):
+            for scope, state in zip(unique, states, strict=True):
                 found = find_denial(scope.limits, state.used, state.held, amounts)
                 if found is not None:
                     dimension, limit, in_use, amount = found
                     denial = Denial(dimension, limit, in_use, amount, scope.kind, scope.id)
                     break
             if denial is not None and enforce:
-                return Grant(
-                    reservation_id, False, denial, tuple(s.view(sc.label) for s, sc in zip(states, scopes, strict=True))
-                )
+                return Grant(reservation_id, False, denial, self._views(scopes, now))
             expires_at = now + lease_seconds
             for state in states:
                 _add(state.held, amounts)
             self._holds[reservation_id] = _Hold(
-                tuple(s.key for s in scopes), tuple(s.bucket for s in states), amounts, expires_at
+                tuple(s.key for s in unique), tuple(s.bucket for s in states), amounts, expires_at
             )
             heapq.heappush(self._expiries, (expires_at, next(self._counter), reservation_id))
-            views = tuple(s.view(sc.label) for s, sc in zip(states, scopes, strict=True))
-            return Grant(reservation_id, True, denial, views)
+            return Grant(reservation_id, True, denial, self._views(scopes, now))
 
     def commit(self, reservation_id: str, scopes: Sequence[Scope], actual: Mapping[str, int]) -> Settlement:
         """See :meth:`Ledger.commit`."""

@@ -224,3 +224,11 @@ def test_async_twin_shares_the_storage(ledger: Ledger) -> None:
     snap = ledger.snapshot(scope)
     assert snap.used == {"tool_calls": 1}
     assert snap.held.get("tool_calls") == 1
+
+
+def test_a_scope_listed_twice_is_held_once(ledger: Ledger) -> None:
+    scope = run_scope({"tool_calls": 3})
+    assert ledger.reserve("a", [scope, scope], {"tool_calls": 2}).granted
+    assert ledger.snapshot(scope).held == {"tool_calls": 2}
+    ledger.commit("a", [scope, scope], {"tool_calls": 2})
+    assert ledger.snapshot(scope).used == {"tool_calls": 2}

@@ -1,0 +1,37 @@
+"""In-memory ledger specifics that need its injectable clock (windows, leases)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from budget_plugins import InMemoryLedger, Scope
+
+
+def at(*args: int) -> float:
+    return datetime(*args, tzinfo=UTC).timestamp()
+
+
+def test_a_call_reserved_before_a_window_rollover_is_charged_to_its_window() -> None:
+    now = [at(2026, 11, 30, 23, 59)]
+    ledger = InMemoryLedger(clock=lambda: now[0])
+    monthly = Scope("tenant", "acme", tenant="acme", limits={"cost_usd": 100}, window="month")
+    ledger.reserve("late", [monthly], {"cost_usd": 60})
+    now[0] = at(2026, 12, 1, 0, 1)
+    assert ledger.snapshot(monthly).used == {}
+    assert ledger.snapshot(monthly).held == {"cost_usd": 60}  # still held across the rollover
+    ledger.commit("late", [monthly], {"cost_usd": 50})
+    december = ledger.snapshot(monthly)
+    assert december.used == {} and december.held == {}
+    assert ledger._scopes[monthly.key].previous == ("2026-11", {"cost_usd": 50})  # November kept its spend
+
+
+def test_an_expired_hold_committed_late_is_charged_to_its_window() -> None:
+    now = [at(2026, 11, 30, 23, 58)]
+    ledger = InMemoryLedger(clock=lambda: now[0])
+    daily = Scope("tenant", "acme", tenant="acme", limits={"cost_usd": 100}, window="day")
+    ledger.reserve("slow", [daily], {"cost_usd": 10}, lease_seconds=60)
+    now[0] = at(2026, 11, 30, 23, 59, 30)
+    assert ledger.snapshot(daily).held == {}  # the lease ran out
+    settlement = ledger.commit("slow", [daily], {"cost_usd": 7})
+    assert settlement.status == "expired"
+    assert ledger.snapshot(daily).used == {"cost_usd": 7}
