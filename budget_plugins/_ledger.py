@@ -210,10 +210,11 @@ def window_bucket(window: Window | None, epoch_seconds: float) -> str:
 
 
 class _ScopeState:
-    __slots__ = ("bucket", "held", "limits", "previous", "used")
+    __slots__ = ("bucket", "held", "limits", "previous", "touched", "used")
 
     def __init__(self, bucket: str) -> None:
         self.bucket = bucket
+        self.touched = 0.0
         self.used: dict[str, int] = {}
         self.held: dict[str, int] = {}
         self.limits: dict[str, int] = {}
@@ -285,6 +286,10 @@ class InMemoryLedger:
         clock: Wall-clock seconds since the epoch (injectable for tests).
         tombstone_seconds: How long finished reservation ids are remembered, so a
             late duplicate commit is recognised rather than charged again.
+        run_ttl_seconds: Run scopes untouched this long, with nothing held, are
+            dropped (as the Redis ledger expires them), so a long-lived shared
+            ledger does not grow with every finished run. Workflow and tenant
+            scopes are kept. ``None`` keeps everything.
 
     Example:
         >>> ledger = InMemoryLedger()
@@ -305,8 +310,11 @@ class InMemoryLedger:
         clock: Callable[[], float] = time.time,
         tombstone_seconds: float = 3600.0,
         max_tombstones: int = 100_000,
+        run_ttl_seconds: float | None = 7 * 24 * 3600.0,
     ) -> None:
         self._clock = clock
+        self._run_ttl = run_ttl_seconds
+        self._next_idle_sweep = 0.0
         self._lock = threading.Lock()
         self._scopes: dict[ScopeKey, _ScopeState] = {}
         self._holds: dict[str, _Hold] = {}
@@ -330,9 +338,21 @@ class InMemoryLedger:
             state.used = {}
         if scope.limits:
             state.limits = dict(scope.limits)
+        state.touched = now
         return state
 
+    def _drop_idle_runs(self, now: float) -> None:
+        if self._run_ttl is None or now < self._next_idle_sweep:
+            return
+        # An occasional scan (at most every tenth of the TTL) keeps the hot path O(1).
+        self._next_idle_sweep = now + self._run_ttl / 10
+        cutoff = now - self._run_ttl
+        idle = [k for k, st in self._scopes.items() if k[0] == "run" and st.touched < cutoff and not st.held]
+        for key in idle:
+            del self._scopes[key]
+
     def _sweep(self, now: float) -> None:
+        self._drop_idle_runs(now)
         while self._expiries and self._expiries[0][0] <= now:
             _, _, rid = heapq.heappop(self._expiries)
             hold = self._holds.get(rid)

@@ -35,3 +35,18 @@ def test_an_expired_hold_committed_late_is_charged_to_its_window() -> None:
     settlement = ledger.commit("slow", [daily], {"cost_usd": 7})
     assert settlement.status == "expired"
     assert ledger.snapshot(daily).used == {"cost_usd": 7}
+
+
+def test_idle_run_scopes_are_dropped_and_ceilings_kept() -> None:
+    now = [at(2026, 11, 1)]
+    ledger = InMemoryLedger(clock=lambda: now[0], run_ttl_seconds=3600)
+    runs = [Scope("run", f"r{i}", tenant="acme", limits={"steps": 5}) for i in range(100)]
+    tenant = Scope("tenant", "acme", tenant="acme", limits={"steps": 1000})
+    for i, run in enumerate(runs):
+        ledger.commit(f"c{i}", [run, tenant], {"steps": 1})
+    busy = runs[0]
+    ledger.reserve("in-flight", [busy], {"steps": 1}, lease_seconds=10 * 3600)
+    now[0] += 2 * 3600
+    ledger.sweep()
+    assert {key[3] for key in ledger._scopes if key[0] == "run"} == {"r0"}  # only the one still holding
+    assert ledger.snapshot(tenant).used == {"steps": 100}
