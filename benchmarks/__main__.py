@@ -84,12 +84,12 @@ def _measurements() -> list[tuple[str, Callable[[Config], Section]]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="tiny sizes and 3 rounds: checks that everything runs")
-    parser.add_argument("--rounds", type=int, help="alternating rounds per measurement (default 15, quick 3)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes and 2 rounds: checks that everything runs")
+    parser.add_argument("--rounds", type=int, help="alternating rounds per measurement (default 15, quick 2)")
     parser.add_argument("--only", help="comma-separated measurement numbers, e.g. 1,2")
     parser.add_argument("--output", type=Path, help="where to write the Markdown (default benchmarks/RESULTS.md)")
     args = parser.parse_args(argv)
-    config = Config(quick=args.quick, rounds=args.rounds or (3 if args.quick else 15))
+    config = Config(quick=args.quick, rounds=args.rounds or (2 if args.quick else 15))
     output: Path = args.output or HERE / "RESULTS.md"
     wanted = set(args.only.split(",")) if args.only else None
     started = time.perf_counter()

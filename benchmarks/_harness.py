@@ -26,6 +26,10 @@ class Config:
     def pick(self, full: int, quick: int) -> int:
         return quick if self.quick else full
 
+    @property
+    def warmup(self) -> int:
+        return 0 if self.quick else 1
+
 
 @dataclass
 class Row:
@@ -174,12 +178,34 @@ def machine() -> list[str]:
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     versions = ", ".join(f"{k} {v}" for k, v in package_versions().items())
     return [
+        f"- code: {code_state()}",
         f"- platform: {platform.platform()}",
         f"- python: {sys.version.split()[0]} ({platform.python_implementation()}, {sys.executable})",
         f"- cpu: {cpu or 'unknown'}; os.cpu_count() = {os.cpu_count()}; nproc = {nproc}",
         f"- load average at start (1/5/15 min): {load or 'n/a'}",
         f"- packages: {versions}",
     ]
+
+
+def code_state() -> str:
+    """The commit measured, and whether the library's working tree differs from it."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip()
+
+    head = git("rev-parse", "--short", "HEAD")
+    if not head:
+        return "not a git checkout"
+    changed = [line[3:] for line in git("status", "--porcelain", "--", "budget_plugins", "integrations").splitlines()]
+    if not changed:
+        return f"git {head}, library working tree clean"
+    shown = ", ".join(f"`{name}`" for name in changed[:8]) + (" ..." if len(changed) > 8 else "")
+    return f"git {head} plus uncommitted library changes in {len(changed)} file(s) at run time: {shown}"
 
 
 def _fmt(value: float | None) -> str:
@@ -272,10 +298,12 @@ def profile(fn: Callable[[], object], *, focus: str = "budget_plugins", limit: i
     for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():  # type: ignore[attr-defined]
         if focus in filename or focus in func:
             short = filename.split("site-packages/")[-1].split("/work/main/")[-1]
-            entries.append((cumtime, tottime, ncalls, f"{short}:{line}({func})"))
+            if cumtime < total / 2:  # wrappers around the whole run say nothing about the hot path
+                entries.append((cumtime, tottime, ncalls, f"{short}:{line}({func})"))
     entries.sort(reverse=True)
     lines = [
-        f"cProfile of one guarded run (total {total * 1000:.0f} ms under the profiler), top `{focus}` functions:",
+        f"cProfile of one guarded run (total {total * 1000:.0f} ms under the profiler), top `{focus}` functions"
+        " (wrappers that span more than half of the run left out):",
         "",
         "| cumulative ms | share of run | own ms | calls | function |",
         "| --- | --- | --- | --- | --- |",

@@ -103,6 +103,7 @@ def autogen(config: Config) -> Section:
                     "... + BudgetedWorkbench": sync(guarded_tools),
                 },
                 config.rounds,
+                warmup=config.warmup,
             )
     finally:
         loop.close()

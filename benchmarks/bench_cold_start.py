@@ -19,26 +19,21 @@ def imported_optional(statement: str) -> list[str]:
     return [name for name in OPTIONAL if name in loaded]
 
 
-def _importtime_top(module: str, limit: int = 8) -> list[str]:
+def _importtime_by_package(module: str, limit: int = 10) -> list[str]:
+    """``-X importtime`` self times summed per top-level package, largest first, as Markdown rows."""
     err = subprocess.run(
         [sys.executable, "-X", "importtime", "-c", f"import {module}"], capture_output=True, text=True, check=True
     ).stderr
-    rows = []
+    totals: dict[str, int] = {}
     for line in err.splitlines():
-        if not line.startswith("import time:") or "|" not in line or "self [us]" in line:
+        if not line.startswith("import time:") or "self [us]" in line:
             continue
-        _, cumulative, name = line.removeprefix("import time:").split("|", 2)
-        rows.append((int(cumulative), name.strip()))
-    # Top-level packages by cumulative time, skipping the ones nested inside others already listed.
-    rows.sort(reverse=True)
-    shown: list[tuple[int, str]] = []
-    for cumulative, name in rows:
-        if any(name.startswith(parent + ".") for _, parent in shown):
-            continue
-        shown.append((cumulative, name))
-        if len(shown) == limit:
-            break
-    return [f"| `{name}` | {cumulative / 1000:.0f} |" for cumulative, name in shown]
+        own, _, name = line.removeprefix("import time:").split("|", 2)
+        package = name.strip().split(".")[0]
+        totals[package] = totals.get(package, 0) + int(own)
+    everything = sum(totals.values())
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:limit]
+    return [f"| `{name}` | {own / 1000:.0f} | {own / everything:.0%} |" for name, own in ranked]
 
 
 def cold_start(config: Config) -> Section:
@@ -73,6 +68,8 @@ def cold_start(config: Config) -> Section:
         " at import time. Target: `import budget_plugins` must not import langgraph, autogen or redis (asserted"
         " in `tests/test_benchmarks_smoke.py`).",
     )
+    for row in rows:
+        row.cpu = "n/a (child processes)"
     hygiene = not any(name in ours for name in ("langgraph", "autogen_agentchat", "autogen_core", "redis"))
     rows.append(
         Row(
@@ -93,19 +90,18 @@ def cold_start(config: Config) -> Section:
     ]
     if "opentelemetry" in ours:
         section.notes += [
-            "`opentelemetry` is loaded, but not by budget_plugins' own code: `budget_plugins._langchain` imports"
-            " `langchain_core.tracers.context` (for `register_configure_hook`), which imports `langsmith`, whose"
-            " `client.py` imports `opentelemetry.sdk.trace` whenever it is installed (it is, through the `otel`"
-            " extra). That chain (langsmith + opentelemetry + tornado via tenacity + requests) is most of the"
-            " import time below.",
+            "`opentelemetry` is loaded, but not by budget_plugins' own code: `budget_plugins._degrade` imports"
+            " `langchain_core.language_models` and `budget_plugins._langchain` imports"
+            " `langchain_core.tracers.context`; both import `langsmith`, whose `client.py` imports"
+            " `opentelemetry.sdk.trace` whenever it is installed (it is, through the `otel` extra).",
             "",
         ]
     if not config.quick:
         section.notes += [
-            "`python -X importtime -c 'import budget_plugins'`, heaviest imports (cumulative, nested ones folded):",
+            "`python -X importtime -c 'import budget_plugins'`: import self time summed per top-level package:",
             "",
-            "| module | cumulative ms |",
-            "| --- | --- |",
-            *_importtime_top("budget_plugins"),
+            "| package | self ms | share |",
+            "| --- | --- | --- |",
+            *_importtime_by_package("budget_plugins"),
         ]
     return section

@@ -72,7 +72,7 @@ def callback_overhead(config: Config) -> Section:
         "no-op handler": run(lambda: [NoopHandler()]),
         "BudgetCallbackHandler": run(lambda: [new_handler()]),
     }
-    timings = alternate(variants, config.rounds)
+    timings = alternate(variants, config.rounds, warmup=config.warmup)
     base = "without handler"
     section = Section(
         "2",
@@ -132,7 +132,7 @@ def react_loop(config: Config) -> Section:
     }
     if guarded_graph is not None:
         variants["LangGraph guard"] = lambda: invoke(guarded_graph, [])
-    timings = alternate(variants, config.rounds)
+    timings = alternate(variants, config.rounds, warmup=config.warmup)
     used = seen["report"]["used"]
     section = Section(
         "1",
@@ -177,6 +177,15 @@ def react_loop(config: Config) -> Section:
     elif not config.quick and not section.rows[0].met:
         section.notes += profile(with_handler)
     return section
+
+
+def _budget_middleware_agent(create_agent: Any, fresh_model: Callable[[], Any]) -> Any:
+    """A ``create_agent`` agent with ``budget_plugins.BudgetMiddleware``, or None while it is not available."""
+    try:
+        from budget_plugins import BudgetMiddleware
+    except ImportError:
+        return None
+    return create_agent(fresh_model(), [counting_tool()], middleware=[BudgetMiddleware(guard_budget(), hooks=[])])
 
 
 def _langgraph_guard(graph: Any) -> Any:
@@ -235,10 +244,18 @@ def versus_middleware(config: Config) -> Section:
             seen["graph"] = graph_guarded.last_report["used"]
 
         variants["LangGraph guard (calls+tokens+cost)"] = graph
-    timings = alternate(variants, config.rounds)
+    middleware_agent = _budget_middleware_agent(create_agent, fresh_model)
+    if middleware_agent is not None:
+
+        def middleware() -> None:
+            seen["middleware"] = middleware_agent.invoke(inputs, config=limit)["budget"]["used"]
+
+        variants["BudgetMiddleware (calls+tokens+cost)"] = middleware
+    timings = alternate(variants, config.rounds, warmup=config.warmup)
     used = seen["report"]["used"]
     assert used["model_calls"] == model_calls, used
     assert graph_guarded is None or seen["graph"]["model_calls"] == model_calls, seen
+    assert middleware_agent is None or seen["middleware"]["model_calls"] == model_calls, seen
     theirs_name, ours_name = list(variants)[1:3]
     section = Section(
         "3",
@@ -274,6 +291,21 @@ def versus_middleware(config: Config) -> Section:
                 label="ours (LangGraph guard) / unguarded",
                 note=_overhead_note(timings, name, "unguarded", steps, "step"),
             )
+        )
+    if middleware_agent is not None:
+        name = "BudgetMiddleware (calls+tokens+cost)"
+        section.rows[1:1] = [timings.row(name, theirs_name, label="ours (BudgetMiddleware) / theirs", target=1.0)]
+        section.rows.append(
+            timings.row(
+                name,
+                "unguarded",
+                label="ours (BudgetMiddleware) / unguarded",
+                note=_overhead_note(timings, name, "unguarded", steps, "step"),
+            )
+        )
+        section.method += (
+            " *BudgetMiddleware* is `budget_plugins.BudgetMiddleware` in `create_agent(middleware=[...])` with the"
+            " same limits (its default ledger: one per run scope)."
         )
     section.notes.append(
         "Their middlewares add graph nodes (`before_model`/`after_model` hooks run as LangGraph steps); our"

@@ -276,7 +276,7 @@ def _latency(port: int, config: Config) -> tuple[Any, list[float], list[float]]:
         for _ in range(calls):
             client.ping()
 
-    timings = alternate({"PING": ping, "guarded call": guarded}, config.rounds)
+    timings = alternate({"PING": ping, "guarded call": guarded}, config.rounds, warmup=config.warmup)
     singles_guarded: list[float] = []
     singles_ping: list[float] = []
     for _ in range(config.pick(2000, 50)):
@@ -314,6 +314,34 @@ def _memory(port: int, scopes: int) -> tuple[float, list[str]]:
     for kind, sizes in sorted(by_kind.items(), key=lambda kv: -sum(kv[1])):
         rows.append(f"| `{kind}` | {len(sizes)} | {len(sizes) / scopes:.2f} | {statistics.median(sizes):.0f} B |")
     return used / scopes, rows
+
+
+def _server_cost(port: int, calls: int) -> str:
+    """Commands run inside Redis and server time per guarded call vs per raw script call."""
+    client = _client(port)
+    meter = _meter(port, client)
+    script = client.register_script(RAW_SCRIPT)
+    keys = _raw_keys("server-cost")
+    _guarded_call(meter)
+    _raw_call(client, script, keys)
+    found = []
+    for label, call in (("guarded call", lambda: _guarded_call(meter)), ("raw 3-key script", None)):
+        client.config_resetstat()
+        for _ in range(calls):
+            if call is None:
+                _raw_call(client, script, keys)
+            else:
+                call()
+        stats = client.info("commandstats")
+        scripted = stats.get("cmdstat_evalsha", {})
+        inner = sum(
+            int(v["calls"]) for k, v in stats.items() if k not in ("cmdstat_evalsha", "cmdstat_config|resetstat")
+        )
+        found.append(
+            f"{label}: {inner / calls:.1f} commands inside the script, {float(scripted.get('usec_per_call', 0)):.1f}"
+            " µs of server time"
+        )
+    return "Inside Redis (`INFO commandstats`), per call: " + "; ".join(found) + "."
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -383,6 +411,7 @@ def redis_ledger(config: Config) -> Section:
             f" {_percentile(pings, 0.5) * 1e6:.0f} µs, p99 {_percentile(pings, 0.99) * 1e6:.0f} µs).",
             "",
         ]
+        section.notes += [_server_cost(port, config.pick(200, 10)), ""]
         per_scope, rows = _memory(port, config.pick(1000, 20))
         section.rows.append(
             Row("Redis memory per run scope (`used_memory` growth)", per_scope, target="(reference)", fmt="{:.0f} B")
