@@ -72,6 +72,11 @@ def callback_overhead(config: Config) -> Section:
         "no-op handler": run(lambda: [NoopHandler()]),
         "BudgetCallbackHandler": run(lambda: [new_handler()]),
     }
+    # See measurement 3: once a BudgetMiddleware exists, its router joins every LangChain run.
+    router = _budget_middleware_agent(None, None) is not None
+    variants = {name: _without_budget_router(fn) for name, fn in variants.items()}
+    if router:
+        variants["without handler, BudgetMiddleware router registered"] = run(list)
     timings = alternate(variants, config.rounds, warmup=config.warmup)
     base = "without handler"
     section = Section(
@@ -93,6 +98,16 @@ def callback_overhead(config: Config) -> Section:
         timings.row("no-op handler", base, note=_overhead_note(timings, "no-op handler", base, calls, "call")),
         timings.row("BudgetCallbackHandler", "no-op handler"),
     ]
+    if router:
+        name = "without handler, BudgetMiddleware router registered"
+        section.rows.append(
+            timings.row(
+                name,
+                base,
+                label="no handler, but a BudgetMiddleware created earlier in the process / without handler",
+                note=_overhead_note(timings, name, base, calls, "call"),
+            )
+        )
     section.notes.append(
         f"Baseline: {_per_unit_us(timings, base, calls):.0f} µs per chain invocation without callbacks."
     )
@@ -132,6 +147,7 @@ def react_loop(config: Config) -> Section:
     }
     if guarded_graph is not None:
         variants["LangGraph guard"] = lambda: invoke(guarded_graph, [])
+    variants = {name: _without_budget_router(fn) for name, fn in variants.items()}
     timings = alternate(variants, config.rounds, warmup=config.warmup)
     used = seen["report"]["used"]
     section = Section(
@@ -179,12 +195,32 @@ def react_loop(config: Config) -> Section:
     return section
 
 
-def _budget_middleware_agent(create_agent: Any, fresh_model: Callable[[], Any]) -> Any:
-    """A ``create_agent`` agent with ``budget_plugins.BudgetMiddleware``, or None while it is not available."""
+def _without_budget_router(fn: Callable[[], object]) -> Callable[[], object]:
+    """Run ``fn`` with BudgetMiddleware's process-wide callback router switched off (if it exists)."""
+    try:
+        from budget_plugins._middleware import _router_var
+    except ImportError:
+        return fn
+
+    def run() -> None:
+        token = _router_var.set(None)
+        try:
+            fn()
+        finally:
+            _router_var.reset(token)
+
+    return run
+
+
+def _budget_middleware_agent(create_agent: Any, fresh_model: Callable[[], Any] | None) -> Any:
+    """A ``create_agent`` agent with ``budget_plugins.BudgetMiddleware`` (just the middleware without
+    ``fresh_model``), or None while it is not available."""
     try:
         from budget_plugins import BudgetMiddleware
     except ImportError:
         return None
+    if fresh_model is None:
+        return BudgetMiddleware(guard_budget(), hooks=[])
     return create_agent(fresh_model(), [counting_tool()], middleware=[BudgetMiddleware(guard_budget(), hooks=[])])
 
 
@@ -244,13 +280,18 @@ def versus_middleware(config: Config) -> Section:
             seen["graph"] = graph_guarded.last_report["used"]
 
         variants["LangGraph guard (calls+tokens+cost)"] = graph
+    # Creating a BudgetMiddleware registers a process-wide callback router that joins *every* later
+    # LangChain run; the other variants run with it switched off (as in a process that never created
+    # one), and one extra variant measures the plain agent with it on.
     middleware_agent = _budget_middleware_agent(create_agent, fresh_model)
+    variants = {name: _without_budget_router(fn) for name, fn in variants.items()}
     if middleware_agent is not None:
 
         def middleware() -> None:
             seen["middleware"] = middleware_agent.invoke(inputs, config=limit)["budget"]["used"]
 
         variants["BudgetMiddleware (calls+tokens+cost)"] = middleware
+        variants["unguarded, BudgetMiddleware router registered"] = lambda: plain.invoke(inputs, config=limit)
     timings = alternate(variants, config.rounds, warmup=config.warmup)
     used = seen["report"]["used"]
     assert used["model_calls"] == model_calls, used
@@ -303,9 +344,20 @@ def versus_middleware(config: Config) -> Section:
                 note=_overhead_note(timings, name, "unguarded", steps, "step"),
             )
         )
+        section.rows.append(
+            timings.row(
+                "unguarded, BudgetMiddleware router registered",
+                "unguarded",
+                label="unguarded with BudgetMiddleware's router registered / unguarded",
+                note="side effect on runs that use no BudgetMiddleware",
+            )
+        )
         section.method += (
             " *BudgetMiddleware* is `budget_plugins.BudgetMiddleware` in `create_agent(middleware=[...])` with the"
-            " same limits (its default ledger: one per run scope)."
+            " same limits (its default ledger: one per run scope). Creating a `BudgetMiddleware` registers a"
+            " process-wide callback router (`register_configure_hook` with a non-`None` default) that is then"
+            " attached to **every** LangChain run in the process, guarded or not; the other variants run with"
+            " it switched off, and the last row measures a plain agent with it on."
         )
     section.notes.append(
         "Their middlewares add graph nodes (`before_model`/`after_model` hooks run as LangGraph steps); our"
