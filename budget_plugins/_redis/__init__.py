@@ -80,7 +80,64 @@ async def _close_with_loop(client: Any) -> AsyncGenerator[None, None]:
         await client.aclose()
 
 
-class RedisLedger:
+class _Door:
+    """What both doors share: the options, the core, the client they were given."""
+
+    remote = True
+    """Tells the :class:`~budget_plugins.Meter` to settle calls inside the next reserve."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: Any = None,
+        cluster: bool | None = None,
+        namespace: str = "bp",
+        failure_policy: FailurePolicy = "fail_closed",
+        timeout: float = 0.5,
+        connect_timeout: float = 0.5,
+        retries: int = 1,
+        breaker_threshold: int = 3,
+        breaker_cooldown: float = 1.0,
+        fail_open_allowance: float | Mapping[str, int] = 0.01,
+        tombstone_seconds: float = 3600.0,
+        run_ttl_seconds: float = 7 * 86400.0,
+        sweep_batch: int = 256,
+        _core: Core | None = None,
+    ) -> None:
+        self._core = _core or Core(
+            _options(
+                url or DEFAULT_URL,
+                cluster=cluster,
+                namespace=namespace,
+                failure_policy=failure_policy,
+                timeout=timeout,
+                connect_timeout=connect_timeout,
+                retries=retries,
+                breaker_threshold=breaker_threshold,
+                breaker_cooldown=breaker_cooldown,
+                fail_open_allowance=fail_open_allowance,
+                tombstone_seconds=tombstone_seconds,
+                run_ttl_seconds=run_ttl_seconds,
+                sweep_batch=sweep_batch,
+            )
+        )
+        self._client: Any = client
+        self._own_client = client is None
+        self._url_given = client is None or url is not None
+        self._scripts: dict[str, Any] = {}
+        self._setup()
+
+    def _setup(self) -> None:
+        """Door-specific state (a lock, or per-event-loop pools)."""
+
+    @property
+    def options(self) -> RedisOptions:
+        """The ledger's configuration."""
+        return self._core.options
+
+
+class RedisLedger(_Door):
     """A ledger in Redis (single server or Redis Cluster), shared by every process that uses it.
 
     Every operation is one Lua script call (one round trip): reserve checks
@@ -129,55 +186,8 @@ class RedisLedger:
         'committed'
     """
 
-    remote = True
-    """Tells the :class:`~budget_plugins.Meter` to settle calls inside the next reserve."""
-
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        client: Any = None,
-        cluster: bool | None = None,
-        namespace: str = "bp",
-        failure_policy: FailurePolicy = "fail_closed",
-        timeout: float = 0.5,
-        connect_timeout: float = 0.5,
-        retries: int = 1,
-        breaker_threshold: int = 3,
-        breaker_cooldown: float = 1.0,
-        fail_open_allowance: float | Mapping[str, int] = 0.01,
-        tombstone_seconds: float = 3600.0,
-        run_ttl_seconds: float = 7 * 86400.0,
-        sweep_batch: int = 256,
-        _core: Core | None = None,
-    ) -> None:
-        self._core = _core or Core(
-            _options(
-                url or DEFAULT_URL,
-                cluster=cluster,
-                namespace=namespace,
-                failure_policy=failure_policy,
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-                retries=retries,
-                breaker_threshold=breaker_threshold,
-                breaker_cooldown=breaker_cooldown,
-                fail_open_allowance=fail_open_allowance,
-                tombstone_seconds=tombstone_seconds,
-                run_ttl_seconds=run_ttl_seconds,
-                sweep_batch=sweep_batch,
-            )
-        )
-        self._client: Any = client
-        self._own_client = client is None
-        self._url_given = client is None or url is not None
-        self._scripts: dict[str, Any] = {}
+    def _setup(self) -> None:
         self._lock = threading.Lock()
-
-    @property
-    def options(self) -> RedisOptions:
-        """The ledger's configuration."""
-        return self._core.options
 
     # -- the door: run the core's steps with a blocking client ------------------------
 
@@ -307,7 +317,7 @@ class RedisLedger:
         return f"RedisLedger({opts.url!r}, cluster={opts.cluster}, failure_policy={opts.failure_policy!r})"
 
 
-class AsyncRedisLedger:
+class AsyncRedisLedger(_Door):
     """The asyncio twin of :class:`RedisLedger` (same arguments, awaitable methods).
 
     One connection pool per running event loop, so the ledger may be used from
@@ -324,55 +334,10 @@ class AsyncRedisLedger:
         True
     """
 
-    remote = True
-    """Tells the :class:`~budget_plugins.Meter` to settle calls inside the next reserve."""
-
-    def __init__(
-        self,
-        url: str | None = None,
-        *,
-        client: Any = None,
-        cluster: bool | None = None,
-        namespace: str = "bp",
-        failure_policy: FailurePolicy = "fail_closed",
-        timeout: float = 0.5,
-        connect_timeout: float = 0.5,
-        retries: int = 1,
-        breaker_threshold: int = 3,
-        breaker_cooldown: float = 1.0,
-        fail_open_allowance: float | Mapping[str, int] = 0.01,
-        tombstone_seconds: float = 3600.0,
-        run_ttl_seconds: float = 7 * 86400.0,
-        sweep_batch: int = 256,
-        _core: Core | None = None,
-    ) -> None:
-        self._core = _core or Core(
-            _options(
-                url or DEFAULT_URL,
-                cluster=cluster,
-                namespace=namespace,
-                failure_policy=failure_policy,
-                timeout=timeout,
-                connect_timeout=connect_timeout,
-                retries=retries,
-                breaker_threshold=breaker_threshold,
-                breaker_cooldown=breaker_cooldown,
-                fail_open_allowance=fail_open_allowance,
-                tombstone_seconds=tombstone_seconds,
-                run_ttl_seconds=run_ttl_seconds,
-                sweep_batch=sweep_batch,
-            )
-        )
-        self._client: Any = client
-        self._scripts: dict[str, Any] = {}
+    def _setup(self) -> None:
         self._per_loop: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, tuple[Any, dict[str, Any], AsyncGenerator[None, None], asyncio.Event]
         ] = weakref.WeakKeyDictionary()
-
-    @property
-    def options(self) -> RedisOptions:
-        """The ledger's configuration."""
-        return self._core.options
 
     # -- the door: run the core's steps with an asyncio client ------------------------
 
