@@ -302,10 +302,12 @@ def versus_middleware(config: Config) -> Section:
         "3",
         "Versus LangChain `ModelCallLimitMiddleware` + `ToolCallLimitMiddleware`",
         f"The same `create_agent` ReAct loop, scripted to end by itself after {model_calls} model calls and"
-        f" {model_calls - 1} tool calls ({steps} steps), built three times: plain, with LangChain 1.x's"
-        " `ModelCallLimitMiddleware(run_limit=...)` + `ToolCallLimitMiddleware(run_limit=...)` (which count"
-        " calls only), and plain + our `BudgetCallbackHandler` limiting calls, total tokens and cost. Limits"
-        " are never reached. Target: ours costs no more per step than theirs (ratio ours/theirs ≤ 1.00).",
+        f" {model_calls - 1} tool calls ({steps} steps), one agent per variant: plain (*unguarded*); with"
+        " LangChain 1.x's `ModelCallLimitMiddleware(run_limit=...)` + `ToolCallLimitMiddleware(run_limit=...)`"
+        " (*theirs*, counting calls only); and ours, each limiting calls, total tokens and cost: plain + a"
+        " `BudgetCallbackHandler` per run, `budget_plugins_langgraph.guard(agent, ...)`, and"
+        " `budget_plugins.BudgetMiddleware` (when available). Limits are never reached. Target: ours costs no"
+        " more per step than theirs (ratio ours/theirs ≤ 1.00).",
     )
     section.rows = [
         timings.row(ours_name, theirs_name, label="ours (handler) / theirs", target=1.0),
@@ -353,8 +355,7 @@ def versus_middleware(config: Config) -> Section:
             )
         )
         section.method += (
-            " *BudgetMiddleware* is `budget_plugins.BudgetMiddleware` in `create_agent(middleware=[...])` with the"
-            " same limits (its default ledger: one per run scope). Creating a `BudgetMiddleware` registers a"
+            " `BudgetMiddleware` uses its default ledger (one per run scope). Creating a `BudgetMiddleware` registers a"
             " process-wide callback router (`register_configure_hook` with a non-`None` default) that is then"
             " attached to **every** LangChain run in the process, guarded or not; the other variants run with"
             " it switched off, and the last row measures a plain agent with it on."
