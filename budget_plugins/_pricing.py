@@ -43,6 +43,48 @@ def _model_price(model: str, provider: str | None) -> tuple[Any, str] | None:
     return found.model_price, f"genai-prices:{found.provider.id}/{found.model.id}"
 
 
+_TOKEN_RATES = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok")
+_NOT_FROM_TOKENS = frozenset({"web_searches_kcount", "storage_searches_kcount", "cache_write_1h_mtok"})
+"""Prices of units a token usage never reports: they do not change a token price."""
+
+
+Rate = Any  # a Decimal, or genai-prices' TieredPrices (cliff tiers by total input tokens)
+
+
+@functools.lru_cache(maxsize=512)
+def _token_rates(model: str, provider: str | None) -> tuple[Rate, Rate, Rate, Rate] | None:
+    """Per-million rates (input, output, cache read, cache write) when tokens alone set the price.
+
+    genai-prices' general calculation costs tens of microseconds a call; for a
+    price made only of token rates (flat or tiered) the same arithmetic is done
+    here directly. Anything else (a per-request fee...) returns ``None`` and
+    takes the general path. Tests compare both paths.
+    """
+    found = _model_price(model, provider)
+    if found is None:
+        return None
+    prices = {k: v for k, v in vars(found[0]).items() if v is not None and not k.startswith("_")}
+    if not set(prices) <= set(_TOKEN_RATES) | _NOT_FROM_TOKENS:
+        return None
+    base = prices.get("input_mtok", Decimal(0))
+    return (
+        base,
+        prices.get("output_mtok", Decimal(0)),
+        prices.get("cache_read_mtok", base),
+        prices.get("cache_write_mtok", base),
+    )
+
+
+def _at(rate: Rate, total_input: int) -> Decimal:
+    if isinstance(rate, Decimal):
+        return rate
+    # Cliff tiers: crossing a threshold prices every token at that tier's rate.
+    for tier in reversed(rate.tiers):
+        if total_input > tier.start:
+            return Decimal(tier.price)
+    return Decimal(rate.base)
+
+
 def lookup_price(model: str | None, provider: str | None = None) -> tuple[Any, str] | None:
     """The genai-prices ``ModelPrice`` of a model and a source label, or ``None``.
 
@@ -84,6 +126,17 @@ def price_tokens(
         Decimal('2.50')
     """
     found = lookup_price(model, provider)
+    rates = _token_rates(model, provider or None) if found is not None and model else None
+    if found is not None and rates is not None:
+        total = usage.input_tokens
+        plain = max(total - usage.cache_read_tokens - usage.cache_write_tokens, 0)
+        cost = (
+            plain * _at(rates[0], total)
+            + usage.output_tokens * _at(rates[1], total)
+            + usage.cache_read_tokens * _at(rates[2], total)
+            + usage.cache_write_tokens * _at(rates[3], total)
+        ) / 1_000_000
+        return PricedCall(cost, usd_to_micros(cost), found[1])
     if found is not None:
         model_price, source = found
         from genai_prices import Usage

@@ -7,6 +7,8 @@ from decimal import Decimal
 
 import pytest
 from genai_prices import Usage, calc_price
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from budget_plugins import (
     Budget,
@@ -77,3 +79,40 @@ def test_config_and_ledger_errors_are_typed() -> None:
     unavailable = pickle.loads(pickle.dumps(LedgerUnavailable("connection refused", scope_id="t")))
     assert isinstance(unavailable, BudgetExceeded)
     assert unavailable.dimension == "ledger" and "fail_closed" in str(unavailable)
+
+
+@pytest.mark.parametrize(
+    "model",
+    ["gpt-4o", "gpt-4o-mini", "o3", "claude-3-haiku", "mistral-large-latest", "claude-sonnet-4-5", "gemini-2.5-pro"],
+)
+@pytest.mark.parametrize(
+    ("tokens", "out", "read", "write"),
+    [(1, 0, 0, 0), (12_345, 678, 0, 0), (50_000, 2_000, 30_000, 5_000), (300_000, 10, 0, 0)],
+)
+def test_fast_flat_prices_equal_the_database_calculation(
+    model: str, tokens: int, out: int, read: int, write: int
+) -> None:
+    usage = TokenUsage(tokens, out, cache_read_tokens=read, cache_write_tokens=write)
+    expected = calc_price(
+        Usage(input_tokens=tokens, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write), model_ref=model
+    ).total_price
+    assert price_tokens(Budget(), model, usage).cost_usd == expected
+
+
+@given(
+    model=st.sampled_from(["gpt-4o", "claude-sonnet-4-5", "gemini-2.5-pro", "claude-3-haiku"]),
+    tokens=st.integers(min_value=0, max_value=2_000_000),
+    out=st.integers(min_value=0, max_value=100_000),
+    read_share=st.floats(min_value=0, max_value=1),
+    write_share=st.floats(min_value=0, max_value=1),
+)
+@settings(max_examples=60, deadline=None)
+def test_fast_prices_match_the_database_for_any_usage(
+    model: str, tokens: int, out: int, read_share: float, write_share: float
+) -> None:
+    read = int(tokens * read_share)
+    write = int((tokens - read) * write_share)
+    expected = calc_price(
+        Usage(input_tokens=tokens, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write), model_ref=model
+    ).total_price
+    assert price_tokens(Budget(), model, TokenUsage(tokens, out, read, write)).cost_usd == expected
