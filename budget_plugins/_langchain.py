@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from langchain_core.callbacks import BaseCallbackHandler
-from langchain_core.messages import BaseMessage, get_buffer_string
+from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, LLMResult
 from langchain_core.tracers.context import register_configure_hook
 
@@ -246,7 +246,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve the call's worst case before the provider is called."""
-        prompt = sum(estimate_tokens(get_buffer_string(m)) for m in messages)
+        prompt = sum(_estimate_messages(m) for m in messages) if self.meter.needs_prompt_estimate else 0
         self._model_start(prompt, run_id, parent_run_id, tags, metadata, kwargs)
 
     def on_llm_start(
@@ -261,7 +261,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve a completion model call's worst case."""
-        prompt = sum(estimate_tokens(p) for p in prompts)
+        prompt = sum(estimate_tokens(p) for p in prompts) if self.meter.needs_prompt_estimate else 0
         self._model_start(prompt, run_id, parent_run_id, tags, metadata, kwargs)
 
     def _model_start(
@@ -360,6 +360,21 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         """Count a retry announced by a component that fires ``on_retry``."""
         ticket = self.meter.reserve(Request("retry", {"retries": 1}, retry=True))
         self.meter.commit(ticket)
+
+
+def _estimate_messages(messages: list[BaseMessage]) -> int:
+    """About 4 characters a token, plus a few tokens of framing per message.
+
+    Sums content lengths instead of rendering the transcript: an agent loop
+    re-sends its whole history on every call.
+    """
+    chars = 0
+    for message in messages:
+        content = message.content
+        chars += len(content) if isinstance(content, str) else len(str(content))
+        if isinstance(message, AIMessage) and message.tool_calls:
+            chars += sum(len(str(call.get("args", ""))) + len(call.get("name", "")) for call in message.tool_calls)
+    return (chars + 3) // 4 + 4 * len(messages)
 
 
 def _usage_of(response: LLMResult) -> tuple[TokenUsage | None, str | None]:

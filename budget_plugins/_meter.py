@@ -46,6 +46,8 @@ from budget_plugins._policy import Budget, Ceiling, micros_to_usd
 from budget_plugins._pricing import price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
+_TOKEN_DIMENSIONS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
+
 REACHED_DIMENSIONS = ("model_calls", "steps", "input_tokens", "output_tokens", "total_tokens", COST_DIMENSION)
 """What :meth:`Meter.reached` looks at by default: counters every further call needs."""
 
@@ -189,7 +191,11 @@ class Meter:
         )
         self._final_scope = Scope("run", self.run_id, tenant or "", workflow or "", dict(run_limits))
         self._ceiling_scopes = [self._ceiling_scope(c) for c in ceilings]
-        self._cost_limited = any(COST_DIMENSION in s.limits for s in self.scopes(final=True))
+        all_limits = [dim for scope in self.scopes(final=True) for dim in scope.limits]
+        self._cost_limited = COST_DIMENSION in all_limits
+        self.needs_prompt_estimate = self._cost_limited or any(dim in _TOKEN_DIMENSIONS for dim in all_limits)
+        """Whether a model call's prompt size matters (a token or cost limit applies):
+        adapters skip estimating prompts otherwise."""
 
     def _ceiling_scope(self, ceiling: Ceiling) -> Scope:
         if not isinstance(ceiling, Ceiling):
@@ -721,17 +727,22 @@ class Meter:
         with self._lock:
             input_tokens = max(input_tokens, self._input_floor.get(model or "", 0))
         output = max_output_tokens or self.budget.default_max_output_tokens
-        priced = price_tokens(
-            self.budget,
-            model,
-            TokenUsage(input_tokens, output),
-            provider=self.provider,
-            needs_price=self._cost_limited,
+        # Nothing caps cost: no need to price the worst case (the actual cost is still priced at settle).
+        cost_micros = (
+            price_tokens(
+                self.budget,
+                model,
+                TokenUsage(input_tokens, output),
+                provider=self.provider,
+                needs_price=True,
+            ).micros
+            if self._cost_limited
+            else 0
         )
         return Request.model_call(
             input_tokens=input_tokens,
             output_tokens=output,
-            cost_micros=priced.micros,
+            cost_micros=cost_micros,
             model=model,
             retry=retry,
             depth=depth,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from genai_prices import Usage, calc_price
 from langchain.agents import create_agent
-from langchain_core.messages import HumanMessage, get_buffer_string
+from langchain_core.messages import HumanMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
@@ -23,7 +23,7 @@ from budget_plugins import (
     UnpricedModelError,
     budget,
 )
-from budget_plugins._meter import estimate_tokens
+from budget_plugins._langchain import _estimate_messages
 from budget_plugins.testing import ScriptedChatModel, Turn, counting_tool, runaway_model, scripted_model
 
 GO = {"messages": [("user", "go")]}
@@ -192,7 +192,7 @@ def test_tokens_and_cost_settle_from_usage_metadata_with_cache_tokens() -> None:
 
 def test_cost_limit_refuses_the_call_that_would_break_it() -> None:
     prompt = "x" * 400_000  # about 100k tokens, which is what the fake provider then reports
-    estimate = estimate_tokens(get_buffer_string([HumanMessage(prompt)]))
+    estimate = _estimate_messages([HumanMessage(prompt)])
     model = endless_text("gpt-4o", input_tokens=100_000, output_tokens=1_000)
     per_call = calc_price(Usage(input_tokens=100_000, output_tokens=1_000), model_ref="gpt-4o").total_price
     worst = calc_price(Usage(input_tokens=estimate, output_tokens=1024), model_ref="gpt-4o").total_price
