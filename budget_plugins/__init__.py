@@ -20,7 +20,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 from budget_plugins._decide import Decision, Denial, decide
-from budget_plugins._degrade import TieredChatModel
 from budget_plugins._errors import (
     BudgetConfigError,
     BudgetError,
@@ -37,7 +36,6 @@ from budget_plugins._events import (
     LoggingHook,
     read_events,
 )
-from budget_plugins._langchain import BudgetCallbackHandler, budget
 from budget_plugins._ledger import (
     AsyncLedger,
     Grant,
@@ -52,6 +50,8 @@ from budget_plugins._pricing import PricedCall, lookup_price, price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 if TYPE_CHECKING:
+    from budget_plugins._degrade import TieredChatModel
+    from budget_plugins._langchain import BudgetCallbackHandler, budget
     from budget_plugins._ledger_url import ledger_from_url
     from budget_plugins._middleware import BudgetMiddleware
     from budget_plugins._otel import OpenTelemetryHook
@@ -64,7 +64,10 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 _LAZY = {
     "AsyncRedisLedger": "budget_plugins._redis",
+    "BudgetCallbackHandler": "budget_plugins._langchain",
     "BudgetMiddleware": "budget_plugins._middleware",
+    "TieredChatModel": "budget_plugins._degrade",
+    "budget": "budget_plugins._langchain",
     "OpenTelemetryHook": "budget_plugins._otel",
     "RedisLedger": "budget_plugins._redis",
     "ledger_from_url": "budget_plugins._ledger_url",
@@ -72,7 +75,8 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    # Optional integrations are imported on first use: `import budget_plugins` never imports redis or langchain.
+    # Framework adapters and optional integrations are imported on first use:
+    # `import budget_plugins` imports neither LangChain nor redis nor OpenTelemetry.
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'budget_plugins' has no attribute {name!r}")
