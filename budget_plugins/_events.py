@@ -107,7 +107,11 @@ class EventHook(Protocol):
     """Anything callable with a :class:`BudgetEvent`."""
 
     def __call__(self, event: BudgetEvent) -> None:
-        """Receive one event; exceptions are logged, never raised into the agent."""
+        """Receive one event; exceptions are logged, never raised into the agent.
+
+        A hook may also define ``wants(kind) -> bool``: events it does not want
+        are then not built at all when no other hook wants them.
+        """
         ...
 
 
@@ -132,6 +136,10 @@ class LoggingHook:
 
     def __init__(self, log: logging.Logger | None = None) -> None:
         self.log = log or logger
+
+    def wants(self, kind: str) -> bool:
+        """Whether an event of this kind would be logged (else it is not even built)."""
+        return self.log.isEnabledFor(_LEVELS.get(kind, logging.DEBUG))
 
     def __call__(self, event: BudgetEvent) -> None:
         level = _LEVELS.get(event.kind, logging.DEBUG)

@@ -117,7 +117,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         self.count_steps = count_steps
         self.chain_checks = chain_checks
         self._runs: dict[UUID, _Run] = {}
-        self._tasks: set[str] = set()
+        self._tasks: set[str] | None = None
         self._lock = threading.Lock()
 
     # -- bookkeeping --------------------------------------------------------------
@@ -211,6 +211,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         task = meta.get("langgraph_checkpoint_ns")
         if self.count_steps and task and name is not None and name == meta.get("langgraph_node"):
             with self._lock:
+                if self._tasks is None:
+                    self._tasks = set()
                 repeated = task in self._tasks
                 self._tasks.add(task)
             with self._forget_on_refusal(run_id):

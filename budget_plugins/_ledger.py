@@ -336,7 +336,7 @@ class InMemoryLedger:
             state.previous = (state.bucket, state.used)
             state.bucket = bucket
             state.used = {}
-        if scope.limits:
+        if scope.limits and state.limits != scope.limits:
             state.limits = dict(scope.limits)
         state.touched = now
         return state

@@ -46,6 +46,8 @@ from budget_plugins._policy import Budget, Ceiling, micros_to_usd
 from budget_plugins._pricing import price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
+_DEFAULT_HOOKS: tuple[EventHook, ...] = (LoggingHook(),)
+
 _TOKEN_DIMENSIONS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
 
 REACHED_DIMENSIONS = ("model_calls", "steps", "input_tokens", "output_tokens", "total_tokens", COST_DIMENSION)
@@ -119,9 +121,54 @@ class Meter:
         budget_plugins._errors.BudgetExceeded: Exceeded the tool_calls limit of 1 (used=1, requested=1) in run scope
     """
 
+    __slots__ = (
+        "__weakref__",
+        "_aledger",
+        "_ceiling_scopes",
+        "_clock",
+        "_cost_limited",
+        "_failures",
+        "_final_scope",
+        "_input_floor",
+        "_lock",
+        "_pending",
+        "_run_scope",
+        "_shadow",
+        "_signalled",
+        "_started_at",
+        "agent",
+        "budget",
+        "defer_commits",
+        "exhausted",
+        "hooks",
+        "lease_seconds",
+        "ledger",
+        "level",
+        "needs_prompt_estimate",
+        "parent",
+        "provider",
+        "run_id",
+        "run_limits",
+        "spent_micros",
+        "tenant",
+        "workflow",
+    )
+
     tenant: str | None
     workflow: str | None
-    hooks: list[EventHook]
+    hooks: Sequence[EventHook]
+    level: Action
+    """The most severe threshold reached so far: adapters downgrade at ``degrade``."""
+    exhausted: BudgetExceeded | None
+    """The last refusal (also set in shadow mode, where nothing is refused)."""
+    needs_prompt_estimate: bool
+    """Whether a model call's prompt size matters (a token or cost limit applies):
+    adapters skip estimating prompts otherwise."""
+
+    @property
+    def shadow_denials(self) -> dict[str, int]:
+        """Shadow mode: would-be refusals counted per dimension."""
+        return dict(self._shadow or {})
 
     def __init__(
         self,
@@ -163,39 +210,39 @@ class Meter:
         self.run_id = run_id or uuid.uuid4().hex
         self.agent = agent
         self.provider = provider
-        self.hooks: list[EventHook] = list(hooks) if hooks is not None else [LoggingHook()]
+        self.hooks: Sequence[EventHook] = tuple(hooks) if hooks is not None else _DEFAULT_HOOKS
         self.lease_seconds = lease_seconds
         self.defer_commits = bool(getattr(self.ledger, "remote", False)) if defer_commits is None else defer_commits
         self._clock = clock
         self._lock = threading.Lock()
         self._started_at: float | None = None
         self._failures = 0
-        self._pending: list[tuple[str, dict[str, int]]] = []
-        self._input_floor: dict[str, int] = {}
-        self._signalled: set[tuple[str, str]] = set()
+        # Created on first use: an idle run scope should cost little memory.
+        self._pending: list[tuple[str, dict[str, int]]] | None = None
+        self._input_floor: dict[str, int] | None = None
+        self._signalled: set[tuple[str, str]] | None = None
+        self._shadow: dict[str, int] | None = None
         self.level: Action = "allow"
-        """The most severe threshold reached so far: adapters downgrade at ``degrade``."""
         self.exhausted: BudgetExceeded | None = None
-        """The last refusal (also set in shadow mode, where nothing is refused)."""
-        self.shadow_denials: dict[str, int] = {}
-        """Shadow mode: would-be refusals counted per dimension."""
         self.spent_micros = 0
         run_limits = {**budget.counter_limits(), **(extra_limits or {})}
-        self.run_limits = run_limits
-        self._run_scope = Scope(
-            "run",
-            self.run_id,
-            tenant or "",
-            workflow or "",
-            effective_limits(run_limits, budget.finalization_reserve, final=False),
+        self.run_limits: Mapping[str, int] = run_limits
+        self._final_scope = Scope("run", self.run_id, tenant or "", workflow or "", run_limits)
+        self._run_scope = (
+            self._final_scope
+            if budget.finalization_reserve == 0
+            else Scope(
+                "run",
+                self.run_id,
+                tenant or "",
+                workflow or "",
+                effective_limits(run_limits, budget.finalization_reserve, final=False),
+            )
         )
-        self._final_scope = Scope("run", self.run_id, tenant or "", workflow or "", dict(run_limits))
         self._ceiling_scopes = [self._ceiling_scope(c) for c in ceilings]
         all_limits = [dim for scope in self.scopes(final=True) for dim in scope.limits]
         self._cost_limited = COST_DIMENSION in all_limits
         self.needs_prompt_estimate = self._cost_limited or any(dim in _TOKEN_DIMENSIONS for dim in all_limits)
-        """Whether a model call's prompt size matters (a token or cost limit applies):
-        adapters skip estimating prompts otherwise."""
 
     def _ceiling_scope(self, ceiling: Ceiling) -> Scope:
         if not isinstance(ceiling, Ceiling):
@@ -277,7 +324,7 @@ class Meter:
             if self._started_at is None:
                 self._started_at = now
             started, failures = self._started_at, self._failures
-            settle, self._pending = self._pending, []
+            settle, self._pending = self._pending or [], None
         local = check_run_local(self.budget, request, started_at=started, now=now, consecutive_failures=failures)
         if local is not None:
             if settle:
@@ -287,7 +334,7 @@ class Meter:
 
     def _requeue(self, settle: list[tuple[str, dict[str, int]]]) -> None:
         with self._lock:
-            self._pending[:0] = settle
+            self._pending = [*settle, *(self._pending or [])]
 
     def _interpret(
         self, grant: Grant, request: Request, scopes: Sequence[Scope], *, observed: bool = False, **meta: Any
@@ -327,7 +374,9 @@ class Meter:
     def _signal(self, decision: Decision, request: Request) -> None:
         key = (decision.action, decision.dimension or "")
         with self._lock:
-            if key in self._signalled:
+            if self._signalled is None:
+                self._signalled = set()
+            elif key in self._signalled:
                 return
             self._signalled.add(key)
             if decision.action == "degrade" or self.level == "allow":
@@ -348,12 +397,20 @@ class Meter:
         if self.budget.mode == "shadow":
             with self._lock:
                 dim = decision.dimension or "?"
-                self.shadow_denials[dim] = self.shadow_denials.get(dim, 0) + 1
+                self._shadow = self._shadow or {}
+                self._shadow[dim] = self._shadow.get(dim, 0) + 1
             self._emit("would_deny", decision, request, shadow=True)
             return
         self.level = "deny"
         self._emit("deny", decision, request, message=error.message)
         raise error
+
+    def _listening(self, kind: str) -> bool:
+        for hook in self.hooks:
+            wants = getattr(hook, "wants", None)
+            if wants is None or wants(kind):
+                return True
+        return False
 
     def _emit(
         self,
@@ -364,6 +421,8 @@ class Meter:
         shadow: bool = False,
         message: str | None = None,
     ) -> None:
+        if not self._listening(kind):
+            return
         emit(
             self.hooks,
             BudgetEvent(
@@ -406,6 +465,7 @@ class Meter:
                 )
                 cost = priced.cost_usd
                 with self._lock:
+                    self._input_floor = self._input_floor or {}
                     self._input_floor[ticket.model or ""] = usage.input_tokens
                 amounts.update(
                     input_tokens=usage.input_tokens,
@@ -422,11 +482,14 @@ class Meter:
     def _after_settle(
         self, ticket: Ticket, settlement: Settlement | None, usage: TokenUsage | None, cost: Decimal
     ) -> None:
+        overage = settlement is not None and bool(settlement.overage) and settlement.status != "duplicate"
+        if not self._listening("settle") and not (overage and self._listening("overage")):
+            return  # nobody listens: build no events on the hot path
         views = settlement.usage if settlement is not None else ()
         costs: dict[str, Decimal] = {}
         for scope, view in zip(self.scopes(), views, strict=False):
             costs.setdefault(scope.kind, view.cost_usd)
-        if settlement is not None and settlement.overage and settlement.status != "duplicate":
+        if overage and settlement is not None:
             dim = next(iter(settlement.overage))
             emit(
                 self.hooks,
@@ -508,6 +571,7 @@ class Meter:
         settlement = None
         if self.defer_commits:
             with self._lock:
+                self._pending = self._pending or []
                 self._pending.append((ticket.reservation_id, amounts))
         else:
             settlement = self.ledger.commit(ticket.reservation_id, self.scopes(final=ticket.request.final), amounts)
@@ -526,7 +590,7 @@ class Meter:
     def flush(self) -> None:
         """Commit every deferred settlement now."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending, self._pending = self._pending or [], None
         for rid, amounts in pending:
             self.ledger.commit(rid, self.scopes(), amounts)
 
@@ -536,7 +600,7 @@ class Meter:
         with self._lock:
             if self._started_at is None:
                 self._started_at = self._clock()
-            settle, self._pending = self._pending, []
+            settle, self._pending = self._pending or [], None
         return uuid.uuid4().hex, self.scopes(final=request.final), settle
 
     def record(self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any) -> Ticket:
@@ -672,7 +736,7 @@ class Meter:
     async def aflush(self) -> None:
         """Async twin of :meth:`flush`."""
         with self._lock:
-            pending, self._pending = self._pending, []
+            pending, self._pending = self._pending or [], None
         for rid, amounts in pending:
             await self.aledger.commit(rid, self.scopes(), amounts)
 
@@ -687,6 +751,7 @@ class Meter:
         settlement = None
         if self.defer_commits:
             with self._lock:
+                self._pending = self._pending or []
                 self._pending.append((ticket.reservation_id, amounts))
         else:
             settlement = await self.aledger.commit(
@@ -725,7 +790,8 @@ class Meter:
         schemas that the provider counts.
         """
         with self._lock:
-            input_tokens = max(input_tokens, self._input_floor.get(model or "", 0))
+            if self._input_floor:
+                input_tokens = max(input_tokens, self._input_floor.get(model or "", 0))
         output = max_output_tokens or self.budget.default_max_output_tokens
         # Nothing caps cost: no need to price the worst case (the actual cost is still priced at settle).
         cost_micros = (
