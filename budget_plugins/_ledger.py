@@ -217,7 +217,7 @@ class _ScopeState:
         self.touched = 0.0
         self.used: dict[str, int] = {}
         self.held: dict[str, int] = {}
-        self.limits: dict[str, int] = {}
+        self.limits: Mapping[str, int] = {}
         # The window before the current one: a call reserved there and settled after
         # the rollover is charged to it (a lease is far shorter than any window).
         self.previous: tuple[str, dict[str, int]] | None = None
@@ -336,8 +336,9 @@ class InMemoryLedger:
             state.previous = (state.bucket, state.used)
             state.bucket = bucket
             state.used = {}
-        if scope.limits and state.limits != scope.limits:
-            state.limits = dict(scope.limits)
+        if scope.limits and state.limits is not scope.limits:
+            # Scopes are immutable values: keep a reference, not a copy, per idle scope.
+            state.limits = scope.limits
         state.touched = now
         return state
 
