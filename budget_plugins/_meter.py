@@ -110,6 +110,12 @@ class Meter:
         parent: An enclosing run's meter (a sub-agent's budget nested in its
             parent's): every reservation is also held in the parent's scopes, in
             the same atomic step, so the parent's limits keep applying.
+        exclusive: This meter is the only writer of its run scope (default: when
+            ``run_id`` is not given). On a remote ledger an exclusive run scope is
+            enforced in process, and a request that no shared scope limits (e.g. a
+            step or a tool call under a cost-only ceiling) costs no round trip:
+            its usage reaches the ledger with the next shared reservation or when
+            the run's root ends.
 
     Example:
         >>> meter = Meter(Budget(max_tool_calls=1))
@@ -130,12 +136,15 @@ class Meter:
         "_failures",
         "_final_scope",
         "_input_floor",
+        "_local",
         "_lock",
         "_pending",
         "_run_scope",
         "_shadow",
+        "_shared_dims",
         "_signalled",
         "_started_at",
+        "_unsynced",
         "agent",
         "budget",
         "defer_commits",
@@ -187,6 +196,7 @@ class Meter:
         clock: Callable[[], float] = time.monotonic,
         provider: str | None = None,
         parent: Meter | None = None,
+        exclusive: bool | None = None,
     ) -> None:
         if not isinstance(budget, Budget):
             raise BudgetConfigError(
@@ -240,6 +250,15 @@ class Meter:
             )
         )
         self._ceiling_scopes = [self._ceiling_scope(c) for c in ceilings]
+        # Exclusive run scope on a remote ledger: checked in process (an in-memory
+        # ledger of its own); requests that no shared scope (ceiling, parent)
+        # limits skip the shared ledger and are recorded there later, in one entry.
+        own = run_id is None if exclusive is None else exclusive
+        self._local: InMemoryLedger | None = None
+        self._unsynced: dict[str, int] | None = None
+        self._shared_dims: frozenset[str] = frozenset(d for sc in self.scopes(final=True)[1:] for d in sc.limits)
+        if own and self.defer_commits:
+            self._local = InMemoryLedger(run_ttl_seconds=None)
         all_limits = [dim for scope in self.scopes(final=True) for dim in scope.limits]
         self._cost_limited = COST_DIMENSION in all_limits
         self.needs_prompt_estimate = self._cost_limited or any(dim in _TOKEN_DIMENSIONS for dim in all_limits)
@@ -302,9 +321,14 @@ class Meter:
         return self._aledger
 
     def usage(self) -> ScopeUsage:
-        """The run scope's used/held counters, read from the ledger."""
+        """The run scope's used/held counters (in process for an exclusive run scope on a remote ledger)."""
         self.flush()
+        if self._local is not None:
+            return self._local.snapshot(self._final_scope)
         return self.ledger.snapshot(self._final_scope)
+
+    def _run_view(self) -> list[ScopeUsage]:
+        return [self._local.snapshot(self._final_scope)] if self._local is not None else []
 
     @property
     def elapsed(self) -> float:
@@ -318,13 +342,55 @@ class Meter:
 
     # -- the shared preparation and interpretation ------------------------------
 
-    def _prepare(self, request: Request) -> tuple[str, list[Scope], list[tuple[str, dict[str, int]]]]:
+    def _ledger_scopes(self, *, final: bool = False) -> list[Scope]:
+        """The scopes as the shared ledger sees them.
+
+        An exclusive run scope keeps its limits there too (for status readers):
+        the ledger's copy lags the in-process one, so its check can never be the
+        stricter of the two.
+        """
+        return self.scopes(final=final)
+
+    def _is_local(self, request: Request) -> bool:
+        return self._local is not None and not any(
+            amount and dim in self._shared_dims for dim, amount in request.amounts.items()
+        )
+
+    def _take_pending(self) -> list[tuple[str, dict[str, int]]]:
+        """Deferred settlements, with in-process usage not yet recorded as one entry (lock held)."""
+        pending, self._pending = self._pending or [], None
+        if self._unsynced:
+            pending.append((uuid.uuid4().hex, self._unsynced))
+            self._unsynced = None
+        return pending
+
+    def _hold_locally(self, rid: str, request: Request) -> Grant | None:
+        if self._local is None:
+            return None
+        run = self.scopes(final=request.final)[:1]
+        return self._local.reserve(
+            rid, run, request.amounts, lease_seconds=self.lease_seconds, enforce=self.budget.mode == "enforce"
+        )
+
+    def _merge(self, local: Grant | None, shared: Grant | None, rid: str) -> Grant:
+        """One grant from the in-process run-scope grant and the shared ledger's."""
+        if local is None:
+            assert shared is not None
+            return shared
+        if shared is None:
+            return local
+        denial = local.denial or shared.denial
+        return Grant(rid, local.granted and shared.granted, denial, (local.usage[0], *shared.usage[1:]))
+
+    def _prepare(
+        self, request: Request, *, take_pending: bool = True
+    ) -> tuple[str, list[Scope], list[tuple[str, dict[str, int]]]]:
         with self._lock:
             now = self._clock()
             if self._started_at is None:
                 self._started_at = now
             started, failures = self._started_at, self._failures
-            settle, self._pending = self._pending or [], None
+            settle = self._take_pending() if take_pending else []
         local = check_run_local(self.budget, request, started_at=started, now=now, consecutive_failures=failures)
         if local is not None:
             if settle:
@@ -337,7 +403,14 @@ class Meter:
             self._pending = [*settle, *(self._pending or [])]
 
     def _interpret(
-        self, grant: Grant, request: Request, scopes: Sequence[Scope], *, observed: bool = False, **meta: Any
+        self,
+        grant: Grant,
+        request: Request,
+        scopes: Sequence[Scope],
+        *,
+        observed: bool = False,
+        local: bool = False,
+        **meta: Any,
     ) -> Ticket:
         if grant.denial is not None and not observed:
             # Raises when enforcing; in shadow mode the hold was made and this only records.
@@ -369,7 +442,10 @@ class Meter:
             self._signal(decision, request)
         if request.kind == "model_call":
             meta.setdefault("model", request.name)
-        return Ticket(grant.reservation_id, request, decision, **meta)
+        ticket = Ticket(grant.reservation_id, request, decision, **meta)
+        if local:
+            ticket.extra["local"] = True
+        return ticket
 
     def _signal(self, decision: Decision, request: Request) -> None:
         key = (decision.action, decision.dimension or "")
@@ -544,20 +620,45 @@ class Meter:
         ``meta`` (``model``, ``node``, ``call_id``, ``parent_call_id``) is kept on
         the ticket for attribution.
         """
-        rid, scopes, settle = self._prepare(request)
-        try:
-            grant = self.ledger.reserve(
-                rid,
-                scopes,
-                request.amounts,
-                lease_seconds=self.lease_seconds,
-                enforce=self.budget.mode == "enforce",
-                settle=settle,
-            )
-        except BaseException:
-            self._requeue(settle)
-            raise
-        return self._interpret(grant, request, scopes, **meta)
+        local = self._is_local(request)
+        rid, scopes, settle = self._prepare(request, take_pending=not local)
+        held = self._hold_locally(rid, request)
+        shared = None
+        if not local and (held is None or held.granted):
+            try:
+                shared = self.ledger.reserve(
+                    rid,
+                    self._ledger_scopes(final=request.final),
+                    request.amounts,
+                    lease_seconds=self.lease_seconds,
+                    enforce=self.budget.mode == "enforce",
+                    settle=settle,
+                )
+            except BaseException:
+                self._requeue(settle)
+                self._release_locally(rid, request)
+                raise
+            if not shared.granted:
+                self._release_locally(rid, request)
+        return self._interpret(self._merge(held, shared, rid), request, scopes, local=local, **meta)
+
+    def _release_locally(self, rid: str, request: Request) -> None:
+        if self._local is not None:
+            self._local.release(rid, self.scopes(final=request.final)[:1])
+
+    def _settle_locally(self, ticket: Ticket, amounts: dict[str, int]) -> bool:
+        """Settle the in-process hold; True when the ledger must still learn of it later."""
+        if self._local is None:
+            return False
+        self._local.commit(ticket.reservation_id, self.scopes(final=ticket.request.final)[:1], amounts)
+        if not ticket.extra.get("local"):
+            return False
+        with self._lock:
+            unsynced = self._unsynced or {}
+            for dim, amount in amounts.items():
+                unsynced[dim] = unsynced.get(dim, 0) + amount
+            self._unsynced = unsynced
+        return True
 
     def commit(self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False) -> Settlement | None:
         """Settle a ticket with its actual usage (tokens for model calls).
@@ -569,7 +670,9 @@ class Meter:
         ticket.settled = True
         amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
         settlement = None
-        if self.defer_commits:
+        if self._settle_locally(ticket, amounts):
+            pass  # recorded in the ledger with the next shared reservation or flush
+        elif self.defer_commits:
             with self._lock:
                 self._pending = self._pending or []
                 self._pending.append((ticket.reservation_id, amounts))
@@ -585,14 +688,16 @@ class Meter:
         ticket.settled = True
         with self._lock:
             self._failures = self._failures + 1 if failed else self._failures
-        self.ledger.release(ticket.reservation_id, self.scopes(final=ticket.request.final))
+        self._release_locally(ticket.reservation_id, ticket.request)
+        if not ticket.extra.get("local"):
+            self.ledger.release(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final))
 
     def flush(self) -> None:
         """Commit every deferred settlement now."""
         with self._lock:
-            pending, self._pending = self._pending or [], None
+            pending = self._take_pending()
         for rid, amounts in pending:
-            self.ledger.commit(rid, self.scopes(), amounts)
+            self.ledger.commit(rid, self._ledger_scopes(), amounts)
 
     # -- observation door: what already happened, and what is used up ---------------
 
@@ -600,7 +705,7 @@ class Meter:
         with self._lock:
             if self._started_at is None:
                 self._started_at = self._clock()
-            settle, self._pending = self._pending or [], None
+            settle = self._take_pending()
         return uuid.uuid4().hex, self.scopes(final=request.final), settle
 
     def record(self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any) -> Ticket:
@@ -621,7 +726,12 @@ class Meter:
         rid, scopes, settle = self._prepare_observed(request)
         try:
             grant = self.ledger.reserve(
-                rid, scopes, request.amounts, lease_seconds=self.lease_seconds, enforce=False, settle=settle
+                rid,
+                self._ledger_scopes(final=request.final),
+                request.amounts,
+                lease_seconds=self.lease_seconds,
+                enforce=False,
+                settle=settle,
             )
         except BaseException:
             self._requeue(settle)
@@ -657,7 +767,9 @@ class Meter:
             Reached the model_calls limit of 1 (used=1) in run scope
         """
         self.flush()
-        return self._reached([self.ledger.snapshot(scope) for scope in self.scopes()], dimensions)
+        local = self._run_view()
+        views = local + [self.ledger.snapshot(scope) for scope in self.scopes()[len(local) :]]
+        return self._reached(views, dimensions)
 
     def _reached(self, views: Sequence[ScopeUsage], dimensions: Iterable[str] | None) -> BudgetExceeded | None:
         wanted = set(REACHED_DIMENSIONS if dimensions is None else dimensions)
@@ -697,20 +809,27 @@ class Meter:
 
     async def areserve(self, request: Request, **meta: Any) -> Ticket:
         """Async twin of :meth:`reserve`."""
-        rid, scopes, settle = self._prepare(request)
-        try:
-            grant = await self.aledger.reserve(
-                rid,
-                scopes,
-                request.amounts,
-                lease_seconds=self.lease_seconds,
-                enforce=self.budget.mode == "enforce",
-                settle=settle,
-            )
-        except BaseException:
-            self._requeue(settle)
-            raise
-        return self._interpret(grant, request, scopes, **meta)
+        local = self._is_local(request)
+        rid, scopes, settle = self._prepare(request, take_pending=not local)
+        held = self._hold_locally(rid, request)
+        shared = None
+        if not local and (held is None or held.granted):
+            try:
+                shared = await self.aledger.reserve(
+                    rid,
+                    self._ledger_scopes(final=request.final),
+                    request.amounts,
+                    lease_seconds=self.lease_seconds,
+                    enforce=self.budget.mode == "enforce",
+                    settle=settle,
+                )
+            except BaseException:
+                self._requeue(settle)
+                self._release_locally(rid, request)
+                raise
+            if not shared.granted:
+                self._release_locally(rid, request)
+        return self._interpret(self._merge(held, shared, rid), request, scopes, local=local, **meta)
 
     async def arecord(
         self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any
@@ -719,7 +838,12 @@ class Meter:
         rid, scopes, settle = self._prepare_observed(request)
         try:
             grant = await self.aledger.reserve(
-                rid, scopes, request.amounts, lease_seconds=self.lease_seconds, enforce=False, settle=settle
+                rid,
+                self._ledger_scopes(final=request.final),
+                request.amounts,
+                lease_seconds=self.lease_seconds,
+                enforce=False,
+                settle=settle,
             )
         except BaseException:
             self._requeue(settle)
@@ -731,14 +855,16 @@ class Meter:
     async def areached(self, dimensions: Iterable[str] | None = None) -> BudgetExceeded | None:
         """Async twin of :meth:`reached`."""
         await self.aflush()
-        return self._reached([await self.aledger.snapshot(scope) for scope in self.scopes()], dimensions)
+        local = self._run_view()
+        views = local + [await self.aledger.snapshot(scope) for scope in self.scopes()[len(local) :]]
+        return self._reached(views, dimensions)
 
     async def aflush(self) -> None:
         """Async twin of :meth:`flush`."""
         with self._lock:
-            pending, self._pending = self._pending or [], None
+            pending = self._take_pending()
         for rid, amounts in pending:
-            await self.aledger.commit(rid, self.scopes(), amounts)
+            await self.aledger.commit(rid, self._ledger_scopes(), amounts)
 
     async def acommit(
         self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False
@@ -749,7 +875,9 @@ class Meter:
         ticket.settled = True
         amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
         settlement = None
-        if self.defer_commits:
+        if self._settle_locally(ticket, amounts):
+            pass  # recorded in the ledger with the next shared reservation or flush
+        elif self.defer_commits:
             with self._lock:
                 self._pending = self._pending or []
                 self._pending.append((ticket.reservation_id, amounts))
@@ -767,7 +895,9 @@ class Meter:
         ticket.settled = True
         with self._lock:
             self._failures = self._failures + 1 if failed else self._failures
-        await self.aledger.release(ticket.reservation_id, self.scopes(final=ticket.request.final))
+        self._release_locally(ticket.reservation_id, ticket.request)
+        if not ticket.extra.get("local"):
+            await self.aledger.release(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final))
 
     # -- conveniences used by the adapters -------------------------------------
 

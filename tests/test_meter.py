@@ -138,7 +138,7 @@ def test_nested_meter_is_held_in_its_parent_scope_too() -> None:
 
 
 def test_deferred_commits_settle_with_the_next_reservation() -> None:
-    meter, _ = make(Budget(max_model_calls=5), defer_commits=True)
+    meter, _ = make(Budget(max_model_calls=5), defer_commits=True, exclusive=False)
     ticket = meter.before_model_call(model="gpt-4o-mini", input_tokens=10, max_output_tokens=10)
     meter.after_model_call(ticket, TokenUsage(10, 3))
     assert meter.ledger.snapshot(meter.scopes()[0]).held["model_calls"] == 1  # not settled yet
