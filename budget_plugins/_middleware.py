@@ -267,7 +267,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         args = self._meter_args
         if self._ledger_per_run:  # nothing outlives a run scope: a long-lived agent must not grow
             args = {**args, "ledger": InMemoryLedger()}
-        meter = Meter(self.budget, run_id=run_id, **args)
+        meter = Meter(self.budget, run_id=run_id, exclusive=self.scope == "run", **args)
         return BudgetCallbackHandler(meter=meter, count_steps=False, chain_checks=False)
 
     def _meter(self) -> Meter:

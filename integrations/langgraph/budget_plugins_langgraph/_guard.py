@@ -118,7 +118,7 @@ class GuardedGraph(Runnable[Any, Any]):
         args = self._meter_args
         if self._ledger_per_run:  # nothing outlives a run scope: a long-lived guard must not grow
             args = {**args, "ledger": InMemoryLedger()}
-        return Meter(self.budget, run_id=run_id, **args)
+        return Meter(self.budget, run_id=run_id, exclusive=self.scope == "run", **args)
 
     def _run_id(self, config: RunnableConfig) -> str:
         if self.scope == "run":
