@@ -35,9 +35,9 @@ def autogen(config: Config) -> Section:
     from autogen_core.models import CreateResult, ModelInfo, RequestUsage
     from autogen_core.tools import FunctionTool
     from autogen_ext.models.replay import ReplayChatCompletionClient
-    from budget_plugins_autogen import BudgetScope
 
     from budget_plugins import Budget
+    from budget_plugins_autogen import BudgetScope
 
     tool_calls = config.pick(50, 5)
     info = ModelInfo(vision=False, function_calling=True, json_output=False, family="unknown", structured_output=False)

@@ -109,7 +109,9 @@ class Meter:
         clock: Monotonic seconds for the wall-clock limit (injectable).
         parent: An enclosing run's meter (a sub-agent's budget nested in its
             parent's): every reservation is also held in the parent's scopes, in
-            the same atomic step, so the parent's limits keep applying.
+            the same atomic step, so the parent's limits keep applying. Without
+            one, a meter made inside a ``with budget(...)`` block takes that
+            block's tenant and workflow for attribution.
         exclusive: This meter is the only writer of its run scope (default: when
             ``run_id`` is not given). On a remote ledger an exclusive run scope is
             enforced in process, and a request that no shared scope limits (e.g. a
@@ -203,6 +205,14 @@ class Meter:
                 f"budget must be a budget_plugins.Budget, got {type(budget).__name__}",
                 field="budget",
             )
+        outer = current_meter.get()
+        if parent is None and outer is not None:
+            # The budget context travels with the workflow: a meter made inside a
+            # `with budget(...)` block (a sub-agent, a nested graph) is attributed to
+            # the enclosing tenant and workflow. The enclosing limits already apply
+            # to every run in the block through its ambient handler.
+            tenant = tenant if tenant is not None else outer.tenant
+            workflow = workflow if workflow is not None else outer.workflow
         self.budget = budget
         self.parent = parent
         if parent is not None:

@@ -19,6 +19,9 @@ from autogen_core import FunctionCall
 from autogen_core.models import ChatCompletionClient, CreateResult, ModelInfo, RequestUsage
 from autogen_core.tools import FunctionTool
 from autogen_ext.models.replay import ReplayChatCompletionClient
+from genai_prices import Usage, calc_price
+
+from budget_plugins import Budget, BudgetExceeded, Meter
 from budget_plugins_autogen import (
     REFUSED_PREFIX,
     STOP_PREFIX,
@@ -28,9 +31,6 @@ from budget_plugins_autogen import (
     BudgetScope,
     BudgetTermination,
 )
-from genai_prices import Usage, calc_price
-
-from budget_plugins import Budget, BudgetExceeded, Meter
 
 INFO = ModelInfo(vision=False, function_calling=True, json_output=False, family="unknown", structured_output=False)
 _ids = itertools.count()

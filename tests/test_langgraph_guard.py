@@ -11,7 +11,6 @@ from decimal import Decimal
 from typing import Annotated, Any, TypedDict
 
 import pytest
-from budget_plugins_langgraph import budget_node, budget_route, guard, is_budget_stop
 from genai_prices import Usage, calc_price
 from langchain.agents import create_agent
 from langchain.agents.middleware import SummarizationMiddleware
@@ -26,6 +25,7 @@ from langgraph.types import RetryPolicy, Send
 
 from budget_plugins import Budget, BudgetCallbackHandler, BudgetConfigError, BudgetExceeded, Meter, budget
 from budget_plugins.testing import ScriptedChatModel, Turn, counting_tool, runaway_model, scripted_model
+from budget_plugins_langgraph import budget_node, budget_route, guard, is_budget_stop
 
 # -- core: the handler's chain checks can be left to a graph guard -------------------
 

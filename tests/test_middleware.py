@@ -8,7 +8,6 @@ from decimal import Decimal
 from typing import Annotated, Any, TypedDict
 
 import pytest
-from budget_plugins_langgraph import guard
 from genai_prices import Usage, calc_price
 from langchain.agents import create_agent
 from langchain.agents.middleware import (
@@ -27,6 +26,7 @@ from langgraph.types import Command, RetryPolicy, interrupt
 
 from budget_plugins import Budget, BudgetCallbackHandler, BudgetExceeded, BudgetMiddleware
 from budget_plugins.testing import ScriptedChatModel, counting_tool, runaway_model, scripted_model
+from budget_plugins_langgraph import guard
 
 NO_WAIT = {"initial_delay": 0.0, "jitter": False}
 
