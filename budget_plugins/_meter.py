@@ -73,6 +73,20 @@ def default_ledger() -> InMemoryLedger:
 
 
 @dataclass(slots=True)
+class _Step:
+    """A reservation between its in-process part and the shared ledger's answer."""
+
+    rid: str
+    scopes: list[Scope]
+    settle: list[tuple[str, dict[str, int]]]
+    held: Grant | None
+    local: bool
+    ask_ledger: bool
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+@dataclass(slots=True)
 class Ticket:
     """A granted reservation for one call, to settle with ``commit`` or ``release``."""
 
@@ -392,6 +406,37 @@ class Meter:
         denial = local.denial or shared.denial
         return Grant(rid, local.granted and shared.granted, denial, (local.usage[0], *shared.usage[1:]))
 
+    def _begin(self, request: Request) -> _Step:
+        """Everything a reservation does before the shared ledger is asked (both doors)."""
+        local = self._is_local(request)
+        rid, scopes, settle = self._prepare(request, take_pending=not local)
+        held = self._hold_locally(rid, request)
+        return _Step(
+            rid,
+            scopes,
+            settle,
+            held,
+            local,
+            ask_ledger=not local and (held is None or held.granted),
+            args=(rid, self._ledger_scopes(final=request.final), request.amounts),
+            kwargs={
+                "lease_seconds": self.lease_seconds,
+                "enforce": self.budget.mode == "enforce",
+                "settle": settle,
+            },
+        )
+
+    def _undo(self, step: _Step, request: Request) -> None:
+        """The shared ledger failed: keep the settlements for later, give the local hold back."""
+        self._requeue(step.settle)
+        self._release_locally(step.rid, request)
+
+    def _end(self, step: _Step, request: Request, shared: Grant | None, meta: dict[str, Any]) -> Ticket:
+        if shared is not None and not shared.granted:
+            self._release_locally(step.rid, request)
+        grant = self._merge(step.held, shared, step.rid)
+        return self._interpret(grant, request, step.scopes, local=step.local, **meta)
+
     def _prepare(
         self, request: Request, *, take_pending: bool = True
     ) -> tuple[str, list[Scope], list[tuple[str, dict[str, int]]]]:
@@ -630,31 +675,33 @@ class Meter:
         ``meta`` (``model``, ``node``, ``call_id``, ``parent_call_id``) is kept on
         the ticket for attribution.
         """
-        local = self._is_local(request)
-        rid, scopes, settle = self._prepare(request, take_pending=not local)
-        held = self._hold_locally(rid, request)
+        step = self._begin(request)
         shared = None
-        if not local and (held is None or held.granted):
+        if step.ask_ledger:
             try:
-                shared = self.ledger.reserve(
-                    rid,
-                    self._ledger_scopes(final=request.final),
-                    request.amounts,
-                    lease_seconds=self.lease_seconds,
-                    enforce=self.budget.mode == "enforce",
-                    settle=settle,
-                )
+                shared = self.ledger.reserve(*step.args, **step.kwargs)
             except BaseException:
-                self._requeue(settle)
-                self._release_locally(rid, request)
+                self._undo(step, request)
                 raise
-            if not shared.granted:
-                self._release_locally(rid, request)
-        return self._interpret(self._merge(held, shared, rid), request, scopes, local=local, **meta)
+        return self._end(step, request, shared, meta)
 
     def _release_locally(self, rid: str, request: Request) -> None:
         if self._local is not None:
             self._local.release(rid, self.scopes(final=request.final)[:1])
+
+    def _route_settlement(
+        self, ticket: Ticket, usage: TokenUsage | None, failed: bool
+    ) -> tuple[dict[str, int], TokenUsage | None, Decimal, bool]:
+        """Price and place a settlement (both doors); the flag says: commit to the ledger now."""
+        amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
+        if self._settle_locally(ticket, amounts):
+            return amounts, usage, cost, False  # recorded with the next shared reservation or flush
+        if self.defer_commits:
+            with self._lock:
+                self._pending = self._pending or []
+                self._pending.append((ticket.reservation_id, amounts))
+            return amounts, usage, cost, False
+        return amounts, usage, cost, True
 
     def _settle_locally(self, ticket: Ticket, amounts: dict[str, int]) -> bool:
         """Settle the in-process hold; True when the ledger must still learn of it later."""
@@ -678,16 +725,12 @@ class Meter:
         if ticket.settled:
             return None
         ticket.settled = True
-        amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
-        settlement = None
-        if self._settle_locally(ticket, amounts):
-            pass  # recorded in the ledger with the next shared reservation or flush
-        elif self.defer_commits:
-            with self._lock:
-                self._pending = self._pending or []
-                self._pending.append((ticket.reservation_id, amounts))
-        else:
-            settlement = self.ledger.commit(ticket.reservation_id, self.scopes(final=ticket.request.final), amounts)
+        amounts, usage, cost, now = self._route_settlement(ticket, usage, failed)
+        settlement = (
+            self.ledger.commit(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final), amounts)
+            if now
+            else None
+        )
         self._after_settle(ticket, settlement, usage, cost)
         return settlement
 
@@ -819,27 +862,15 @@ class Meter:
 
     async def areserve(self, request: Request, **meta: Any) -> Ticket:
         """Async twin of :meth:`reserve`."""
-        local = self._is_local(request)
-        rid, scopes, settle = self._prepare(request, take_pending=not local)
-        held = self._hold_locally(rid, request)
+        step = self._begin(request)
         shared = None
-        if not local and (held is None or held.granted):
+        if step.ask_ledger:
             try:
-                shared = await self.aledger.reserve(
-                    rid,
-                    self._ledger_scopes(final=request.final),
-                    request.amounts,
-                    lease_seconds=self.lease_seconds,
-                    enforce=self.budget.mode == "enforce",
-                    settle=settle,
-                )
+                shared = await self.aledger.reserve(*step.args, **step.kwargs)
             except BaseException:
-                self._requeue(settle)
-                self._release_locally(rid, request)
+                self._undo(step, request)
                 raise
-            if not shared.granted:
-                self._release_locally(rid, request)
-        return self._interpret(self._merge(held, shared, rid), request, scopes, local=local, **meta)
+        return self._end(step, request, shared, meta)
 
     async def arecord(
         self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any
@@ -883,18 +914,12 @@ class Meter:
         if ticket.settled:
             return None
         ticket.settled = True
-        amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
-        settlement = None
-        if self._settle_locally(ticket, amounts):
-            pass  # recorded in the ledger with the next shared reservation or flush
-        elif self.defer_commits:
-            with self._lock:
-                self._pending = self._pending or []
-                self._pending.append((ticket.reservation_id, amounts))
-        else:
-            settlement = await self.aledger.commit(
-                ticket.reservation_id, self.scopes(final=ticket.request.final), amounts
-            )
+        amounts, usage, cost, now = self._route_settlement(ticket, usage, failed)
+        settlement = (
+            await self.aledger.commit(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final), amounts)
+            if now
+            else None
+        )
         self._after_settle(ticket, settlement, usage, cost)
         return settlement
 
