@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -103,6 +104,7 @@ class ScriptedChatModel(BaseChatModel):
         max_tokens: Shown in the invocation params (the guard reserves it as the
             worst-case output).
         fail_times: The first N calls raise ``fail_with`` (to drive retries).
+        latency: Seconds each call takes, like a provider's response time.
 
     ``calls`` counts the provider calls that really happened: a guard that
     refuses before the call leaves it unchanged.
@@ -114,6 +116,7 @@ class ScriptedChatModel(BaseChatModel):
     model_name: str = "gpt-4o-mini"
     max_tokens: int | None = None
     fail_times: int = 0
+    latency: float = 0.0
     fail_with: Callable[[], BaseException] = Field(default=lambda: ConnectionError("scripted failure"))
     disable_streaming: bool = True  # type: ignore[assignment]
     _iterator: Iterator[Turn] | None = PrivateAttr(default=None)
@@ -157,6 +160,8 @@ class ScriptedChatModel(BaseChatModel):
             except StopIteration:
                 raise RuntimeError("ScriptedChatModel ran out of scripted turns") from None
             self._calls += 1
+        if self.latency:
+            time.sleep(self.latency)
         return ChatResult(generations=[ChatGeneration(message=turn.message(self.model_name))])
 
     def bind_tools(self, tools: Sequence[Any], **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:  # type: ignore[override]
