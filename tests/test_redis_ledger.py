@@ -278,7 +278,10 @@ def test_a_new_window_starts_from_zero_and_commit_charges_the_window_reserved_in
         assert "u:1999-11:cost_usd" in fields  # the previous window is kept
         assert "u:1999-10:cost_usd" not in fields  # older ones are dropped
         # A call reserved in the old month and committed now charges the old month.
-        client.hset(keys.reservation("a"), b"s:" + scope_token(scope), "1999-11")
+        state, expiry, _, member = client.get(keys.reservation("a")).split(b" ", 3)
+        assert state == b"held"
+        # The record keeps the moment it was reserved at: move it to 1999-11-07T18:40Z.
+        client.set(keys.reservation("a"), b" ".join([state, expiry, b"942000000000", member]), px=60_000)
         assert ledger.commit("a", [scope], {"cost_usd": 4}).status == "committed"
         assert int(client.hget(skey, "u:1999-11:cost_usd") or 0) == 14
     assert ledger.snapshot(scope).used == {}

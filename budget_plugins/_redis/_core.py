@@ -114,8 +114,13 @@ def scope_token(scope: Scope) -> bytes:
         >>> scope_token(a) != scope_token(b)
         True
     """
+    return _token_of_key(scope.key)
+
+
+@functools.lru_cache(maxsize=65536)
+def _token_of_key(key: tuple[str, ...]) -> bytes:
     digest = hashlib.sha256()
-    for part in scope.key:
+    for part in key:
         encoded = _b(part)
         digest.update(b"%d:" % len(encoded))
         digest.update(encoded)
@@ -435,6 +440,7 @@ class Core:
         self._local_rids: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._replay: collections.deque[Step] = collections.deque()
         self._replay_lock = threading.Lock()
+        self._descriptors: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
 
     # -- encoding ----------------------------------------------------------------
 
@@ -454,28 +460,81 @@ class Core:
             seen.setdefault(scope_token(scope), scope)
         return [(scope, token) for token, scope in seen.items()]
 
-    def _descriptor(self, scope: Scope, token: bytes) -> dict[str, Any]:
+    def _descriptor(self, scope: Scope, token: bytes) -> tuple[str, tuple[str, ...]]:
+        """A scope's descriptor as a JSON fragment, and its limited dimensions (in the script's order).
+
+        Cached by scope key, window and limits: the hot path re-sends the same scopes call after call.
+        """
         limits = validate_amounts(scope.limits, f"limits of {scope.label}")
+        cache_key = (token, scope.kind, scope.window or "", tuple(limits.items()))
+        found = self._descriptors.get(cache_key)
+        if found is not None:
+            return found
         _check_exact(limits, f"limits of {scope.label}")
         ttl = _ms(self.options.run_ttl_seconds) if scope.kind == "run" and self.options.run_ttl_seconds else 0
-        return {
-            "t": token.decode(),
-            "w": scope.window or "",
-            "l": _pairs(limits),
-            "L": _dumps(dict(sorted(limits.items()))) if limits else "",
-            "x": ttl,
-        }
+        fragment = _dumps(
+            {
+                "t": token.decode(),
+                "w": scope.window or "",
+                "l": _pairs(limits),
+                "L": _dumps(dict(sorted(limits.items()))) if limits else "",
+                "x": ttl,
+            }
+        )
+        found = (fragment, tuple(limits))
+        if len(self._descriptors) >= 4096:
+            self._descriptors.clear()
+        self._descriptors[cache_key] = found
+        return found
 
-    def _scope_part(self, keys: Keys, unique: list[tuple[Scope, bytes]]) -> tuple[list[bytes], list[dict[str, Any]]]:
+    def _scope_part(self, keys: Keys, unique: list[tuple[Scope, bytes]]) -> tuple[list[bytes], str]:
+        """The scopes' keys (s, z pairs) and their descriptors as a JSON array."""
         key_list: list[bytes] = []
-        descriptors = []
+        fragments = []
         for scope, token in unique:
             key_list += [keys.scope(token), keys.holds(token)]
-            descriptors.append(self._descriptor(scope, token))
-        return key_list, descriptors
+            fragments.append(self._descriptor(scope, token)[0])
+        return key_list, "[" + ",".join(fragments) + "]"
 
-    def _common(self) -> dict[str, Any]:
-        return {"tomb": _ms(self.options.tombstone_seconds), "sweep": self.options.sweep_batch}
+    def _payload(self, descriptors: str, **fields: Any) -> bytes:
+        """ARGV[1]: the common fields, ``fields`` and the scope descriptors, as JSON."""
+        head = f'{{"tomb":{_ms(self.options.tombstone_seconds)},"sweep":{self.options.sweep_batch},'
+        body = "".join(f'"{name}":{_dumps(value)},' for name, value in fields.items())
+        return _b(head + body + '"sc":' + descriptors + "}")
+
+    def _compact(
+        self,
+        scopes: Sequence[Scope],
+        unique: list[tuple[Scope, bytes]],
+        numbers: list[bytes],
+        extra_dims: Sequence[str] = (),
+        add_held: Mapping[str, int] | None = None,
+    ) -> tuple[ScopeUsage, ...]:
+        """Views from a compact reply.
+
+        The reply holds "used held" per scope and reported dimension (the limited ones, then
+        ``extra_dims`` not limited); ``add_held`` is added on the limited ones (a grant's own hold).
+        """
+        by_token: dict[bytes, ScopeUsage] = {}
+        at = 0
+        for scope, token in unique:
+            limited = self._descriptor(scope, token)[1]
+            dims = [*limited, *(dim for dim in extra_dims if dim not in scope.limits)]
+            used: dict[str, int] = {}
+            held: dict[str, int] = {}
+            for dim in dims:
+                u, h = int(numbers[at]), int(numbers[at + 1])
+                at += 2
+                if add_held is not None and dim in scope.limits:
+                    h += add_held.get(dim, 0)
+                if u:
+                    used[dim] = u
+                if h:
+                    held[dim] = h
+            by_token[token] = ScopeUsage(scope.label, used, held, dict(scope.limits))
+        if len(unique) == len(scopes):
+            return tuple(by_token[token] for _, token in unique)
+        return tuple(by_token[scope_token(scope)] for scope in scopes)
 
     def _views(
         self, scopes: Sequence[Scope], unique: list[tuple[Scope, bytes]], raw_views: Sequence[Any]
@@ -506,23 +565,25 @@ class Core:
         keys = self._keys_for(scopes)
         unique = self._unique(scopes)
         scope_keys, descriptors = self._scope_part(keys, unique)
-        payload = {
-            **self._common(),
-            "a": _pairs(amounts),
-            "m": _dumps(_pairs(dict(sorted(amounts.items())))) + "\n" + rid,
-            "lease": _ms(lease_seconds),
-            "enf": bool(enforce),
-            "sc": descriptors,
-            "st": [_pairs(actual) for _, actual in settle],
-        }
+        payload = self._payload(
+            descriptors,
+            a=_pairs(amounts),
+            m=_dumps(_pairs(dict(sorted(amounts.items())))) + "\n" + rid,
+            lease=_ms(lease_seconds),
+            enf=bool(enforce),
+            st=[_pairs(actual) for _, actual in settle],
+        )
         step = Step(
             "script",
             "reserve",
             (keys.index, keys.reservation(rid), *scope_keys, *(keys.reservation(srid) for srid, _ in settle)),
-            (_b(_dumps(payload)),),
+            (payload,),
         )
 
-        def decode(raw: Sequence[Any]) -> Grant:
+        def decode(raw: Any) -> Grant:
+            if isinstance(raw, bytes):  # the hot path: granted, no denial; counters before this hold
+                numbers = raw.split(b" ")
+                return Grant(rid, True, None, self._compact(scopes, unique, numbers[1:], add_held=amounts))
             outcome, raw_denial, raw_views = _text(raw[0]), raw[1], raw[2]
             usage = self._views(scopes, unique, raw_views)
             if outcome == "conflict":
@@ -559,14 +620,15 @@ class Core:
         _check_exact(actual, "commit")
         step, unique = self._settle_step("commit", rid, scopes, {"a": _pairs(actual)})
 
-        def decode(raw: Sequence[Any]) -> Settlement:
-            status: SettleStatus = _text(raw[0])  # type: ignore[assignment]
-            usage = self._views(scopes, unique, raw[2])
+        def decode(raw: bytes) -> Settlement:
+            head, hold_json, numbers = raw.split(b"\n", 2)
+            status: SettleStatus = _text(head)  # type: ignore[assignment]
+            usage = self._compact(scopes, unique, numbers.split(b" ") if numbers else [], extra_dims=list(actual))
             if status == "duplicate":
                 return Settlement(rid, status, {}, usage)
             if status != "committed":
                 return Settlement(rid, status, dict(actual), usage)
-            hold = {dim: int(amount) for dim, amount in json.loads(_text(raw[1]))}
+            hold = {dim: int(amount) for dim, amount in json.loads(_text(hold_json))}
             overage = {dim: v - hold.get(dim, 0) for dim, v in actual.items() if v > hold.get(dim, 0)}
             return Settlement(rid, status, overage, usage)
 
@@ -608,8 +670,7 @@ class Core:
         keys = self._keys_for([scope])
         unique = self._unique([scope])
         scope_keys, descriptors = self._scope_part(keys, unique)
-        payload = {**self._common(), "sc": descriptors}
-        step = Step("script", "snapshot", (keys.index, *scope_keys), (_b(_dumps(payload)),))
+        step = Step("script", "snapshot", (keys.index, *scope_keys), (self._payload(descriptors),))
 
         def decode(raw: Sequence[Any]) -> ScopeStatus:
             usage, bucket, holds = _decode_view(scope, raw[0])
@@ -628,8 +689,8 @@ class Core:
         keys = self._keys_for(scopes)
         unique = self._unique(scopes)
         scope_keys, descriptors = self._scope_part(keys, unique)
-        payload = {**self._common(), **extra, "sc": descriptors}
-        step = Step("script", name, (keys.index, keys.reservation(rid), *scope_keys), (_b(_dumps(payload)),))
+        payload = self._payload(descriptors, **extra)
+        step = Step("script", name, (keys.index, keys.reservation(rid), *scope_keys), (payload,))
         return step, unique
 
     # -- sweeping ------------------------------------------------------------------

@@ -1,19 +1,22 @@
 -- budget_plugins shared Lua library: prepended to every script below (not a script itself).
 --
 -- Key layout (all keys of one call share the hash tag {<namespace>:<tenant digest>}):
---   {tag}:i            ZSET  scope token -> earliest lease expiry (ms) among its holds (sweeper index)
+--   {tag}:i            ZSET  scope token -> at or before the earliest lease expiry (ms) of its holds
 --   {tag}:s:<token>    HASH  one scope's counters:
 --                              b                current calendar bucket (windowed scopes only)
 --                              u:<bucket>:<dim> used in that bucket ("" bucket when unwindowed)
 --                              h:<dim>          held by live reservations
---                              L                the scope's limits (JSON, written by the client)
+--                              L                the scope's limits (JSON, written only when they change)
 --   {tag}:z:<token>    ZSET  the scope's live holds: member = "<amounts JSON>\n<rid>", score = expiry (ms)
---   {tag}:r:<rid>      HASH  one reservation: st (held|released|committed), m (its member), e (expiry ms),
---                              s:<token> -> bucket it was reserved in; a tombstone (TTL) once settled
+--   {tag}:r:<rid>      STRING one reservation: "held <expiry ms> <reserved at ms> <member>" while held,
+--                              then a tombstone with a TTL: "committed", or "released <reserved at ms>"
+--                              (records written by earlier versions are hashes: st, m, e, s:<token>; still read)
 --
--- Invariant: a scope's h:<dim> is always the sum of the amounts of the members of its z key. Held is
+-- Invariants: a scope's h:<dim> is always the sum of the amounts of the members of its z key. Held is
 -- only ever decremented together with a ZREM that removed the member, so sweeps, commits and releases
--- racing each other can never give a hold back twice.
+-- racing each other can never give a hold back twice. The index score of a scope is at or before the
+-- earliest expiry of its holds (a settled hold does not move it; the next sweep of the scope does), so a
+-- scope whose index score lies in the future has nothing to sweep.
 --
 -- Amounts are decimal strings end to end (HINCRBY does the integer arithmetic in Redis); Lua numbers
 -- are used only to compare (exact below 2^53, which the client enforces) and never turned into text.
@@ -87,17 +90,15 @@ local function bp_member_amounts(member)
   return cjson.decode(string.sub(member, 1, cut - 1))
 end
 
+-- Held counters stay in the hash at "0" when nothing is held (no HDEL on the hot path).
 local function bp_add_held(skey, amounts, negative)
   for _, pair in ipairs(amounts) do
     local amount = pair[2]
     if amount ~= '0' then
-      local field = 'h:' .. pair[1]
       if negative then
         amount = '-' .. amount
       end
-      if redis.call('HINCRBY', skey, field, amount) == 0 then
-        redis.call('HDEL', skey, field)
-      end
+      redis.call('HINCRBY', skey, 'h:' .. pair[1], amount)
     end
   end
 end
@@ -110,17 +111,19 @@ local function bp_add_used(skey, bucket, amounts)
   end
 end
 
--- Keep the sweeper index at the scope's earliest expiry (or drop the scope when it holds nothing).
+-- Put the sweeper index at the scope's earliest expiry (or drop the scope when it holds nothing).
 local function bp_reindex(ikey, sc)
   local first = redis.call('ZRANGE', sc.z, 0, 0, 'WITHSCORES')
   if first[1] then
     redis.call('ZADD', ikey, first[2], sc.t)
+    sc.idx = tonumber(first[2])
   else
     redis.call('ZREM', ikey, sc.t)
+    sc.idx = nil
   end
 end
 
--- Return up to `limit` expired holds of one scope; the count returned.
+-- Return up to `limit` expired holds of one scope and reindex it; the count returned.
 local function bp_sweep(ikey, sc, now, limit)
   local due = redis.call('ZRANGEBYSCORE', sc.z, '-inf', now, 'LIMIT', 0, limit)
   for _, member in ipairs(due) do
@@ -128,18 +131,12 @@ local function bp_sweep(ikey, sc, now, limit)
       bp_add_held(sc.s, bp_member_amounts(member), true)
     end
   end
-  if #due > 0 then
-    bp_reindex(ikey, sc)
-  end
+  bp_reindex(ikey, sc)
   return #due
 end
 
 -- A new calendar window starts from zero: keep the new and the previous bucket's used, drop older ones.
-local function bp_rollover(sc)
-  local current = redis.call('HGET', sc.s, 'b')
-  if current == sc.b then
-    return
-  end
+local function bp_rollover(sc, current)
   if current then
     local keep_new, keep_old = 'u:' .. sc.b .. ':', 'u:' .. current .. ':'
     for _, field in ipairs(redis.call('HKEYS', sc.s)) do
@@ -154,21 +151,40 @@ end
 
 -- Scope descriptors from the payload: {t = token, w = window, l = [[dim, "limit"]], L = limits JSON,
 -- x = idle TTL ms (0 = none)}, their keys at KEYS[first], KEYS[first + 1], ... (s, z pairs). Each
--- scope is swept and rolled over to the current window before anything reads it.
+-- scope is swept (only when its index score says a hold may be due: one ZMSCORE for all scopes) and
+-- rolled over to the current window before anything reads it; its stored limits are rewritten only
+-- when they changed (one HMGET reads the bucket and the limits).
 local function bp_scopes(ikey, descriptors, first, now, sweep_limit)
   local scopes = {}
+  local n = #descriptors
+  if n == 0 then
+    return scopes
+  end
+  local tokens = {}
+  for i, d in ipairs(descriptors) do
+    tokens[i] = d.t
+  end
+  local indexed = redis.call('ZMSCORE', ikey, unpack(tokens))
   for i, d in ipairs(descriptors) do
     local sc = {s = KEYS[first + 2 * (i - 1)], z = KEYS[first + 2 * (i - 1) + 1], t = d.t, w = d.w,
-                b = bp_bucket(d.w, now), x = d.x, limits = {}}
+                b = bp_bucket(d.w, now), x = d.x, l = d.l, limits = {}, idx = nil}
     for _, pair in ipairs(d.l) do
       sc.limits[pair[1]] = pair[2]
     end
-    bp_sweep(ikey, sc, now, sweep_limit)
-    if sc.w ~= '' then
-      bp_rollover(sc)
+    if indexed[i] then
+      sc.idx = tonumber(indexed[i])
+      if sc.idx <= now then
+        bp_sweep(ikey, sc, now, sweep_limit)
+      end
     end
-    if d.L ~= '' and redis.call('HGET', sc.s, 'L') ~= d.L then
-      redis.call('HSET', sc.s, 'L', d.L)
+    if sc.w ~= '' or d.L ~= '' then
+      local stored = redis.call('HMGET', sc.s, 'b', 'L')
+      if sc.w ~= '' and stored[1] ~= sc.b then
+        bp_rollover(sc, stored[1])
+      end
+      if d.L ~= '' and stored[2] ~= d.L then
+        redis.call('HSET', sc.s, 'L', d.L)
+      end
     end
     scopes[i] = sc
   end
@@ -185,7 +201,7 @@ local function bp_touch(scopes)
   end
 end
 
--- One scope as the client decodes it: {bucket, HGETALL of its hash, live holds}.
+-- One scope as the client decodes it in full: {bucket, HGETALL of its hash, live holds}.
 local function bp_views(scopes)
   local views = {}
   for i, sc in ipairs(scopes) do
@@ -194,14 +210,49 @@ local function bp_views(scopes)
   return views
 end
 
+-- Read used (current window) and held of `dims` of one scope with one HMGET: sc.vals[dim] = {used, held}.
+local function bp_values(sc, dims)
+  sc.vals = {}
+  if #dims == 0 then
+    return
+  end
+  local fields = {}
+  for i, dim in ipairs(dims) do
+    fields[2 * i - 1] = 'u:' .. sc.b .. ':' .. dim
+    fields[2 * i] = 'h:' .. dim
+  end
+  local got = redis.call('HMGET', sc.s, unpack(fields))
+  for i, dim in ipairs(dims) do
+    sc.vals[dim] = {got[2 * i - 1] or '0', got[2 * i] or '0'}
+  end
+end
+
+-- The limited dimensions of a scope, in the client's order.
+local function bp_limit_dims(sc)
+  local dims = {}
+  for i, pair in ipairs(sc.l) do
+    dims[i] = pair[1]
+  end
+  return dims
+end
+
+-- Append "used held" of `dims` (read by bp_values) to the compact reply `out`.
+local function bp_compact(out, sc, dims)
+  for _, dim in ipairs(dims) do
+    local v = sc.vals[dim]
+    out[#out + 1] = v[1]
+    out[#out + 1] = v[2]
+  end
+end
+
 -- The first requested dimension (in request order) that does not fit: mirrors budget_plugins.find_denial.
+-- Reads sc.vals (bp_values over the scope's limited dimensions).
 local function bp_find_denial(sc, requested)
   for _, pair in ipairs(requested) do
     local dim, amount = pair[1], pair[2]
     local limit = sc.limits[dim]
     if amount ~= '0' and limit then
-      local used = redis.call('HGET', sc.s, 'u:' .. sc.b .. ':' .. dim) or '0'
-      local held = redis.call('HGET', sc.s, 'h:' .. dim) or '0'
+      local used, held = sc.vals[dim][1], sc.vals[dim][2]
       if tonumber(used) + tonumber(held) + tonumber(amount) > tonumber(limit) then
         return {dim, limit, used, held, amount}
       end
@@ -210,50 +261,94 @@ local function bp_find_denial(sc, requested)
   return nil
 end
 
+-- One reservation record: nil, or {st = held|committed|released, m = member, e = expiry ms,
+-- t = reserved at ms (nil when unknown), legacy = true for a hash written by an earlier version}.
+local function bp_record(rkey)
+  local raw = redis.pcall('GET', rkey)
+  if type(raw) == 'table' then -- WRONGTYPE: a hash record written by an earlier version
+    local h = redis.call('HMGET', rkey, 'st', 'm', 'e')
+    if not h[1] then
+      return nil
+    end
+    return {st = h[1], m = h[2], e = tonumber(h[3]), legacy = true}
+  end
+  if not raw then
+    return nil
+  end
+  if raw == 'committed' then
+    return {st = raw}
+  end
+  local a = string.find(raw, ' ', 1, true)
+  local st = string.sub(raw, 1, a - 1)
+  if st == 'released' then
+    return {st = st, t = tonumber(string.sub(raw, a + 1))}
+  end
+  local b = string.find(raw, ' ', a + 1, true)
+  local c = string.find(raw, ' ', b + 1, true)
+  return {st = st, e = tonumber(string.sub(raw, a + 1, b - 1)), t = tonumber(string.sub(raw, b + 1, c - 1)),
+          m = string.sub(raw, c + 1)}
+end
+
+-- Write a held record (expiry `e`, reserved at `t`) that lives `ttl` ms.
+local function bp_write_held(rkey, e, t, member, ttl)
+  redis.call('SET', rkey, string.format('held %d %d ', e, t) .. member, 'PX', ttl)
+end
+
 -- Is the reservation record a live hold?
 local function bp_live(record, now)
-  return record[1] == 'held' and tonumber(record[3]) > now
+  return record ~= nil and record.st == 'held' and record.e > now
 end
 
 -- Give a live hold back in every listed scope (holds in scopes not listed run out with their lease).
-local function bp_unhold(ikey, rkey, member, scopes)
+-- The sweeper index is left as it is: it may now lie before the scope's earliest expiry, which only
+-- costs the next call one sweep of the scope.
+local function bp_unhold(member, scopes)
+  local amounts = nil
   for _, sc in ipairs(scopes) do
     if redis.call('ZREM', sc.z, member) == 1 then
-      bp_add_held(sc.s, bp_member_amounts(member), true)
-      bp_reindex(ikey, sc)
+      amounts = amounts or bp_member_amounts(member)
+      bp_add_held(sc.s, amounts, true)
     end
   end
+end
+
+-- The bucket a reservation charges in a scope: the window it was reserved in.
+local function bp_reserved_bucket(rkey, record, sc)
+  if sc.w == '' or record == nil then
+    return sc.b
+  end
+  if record.t then
+    return bp_bucket(sc.w, record.t)
+  end
+  if record.legacy then
+    return redis.call('HGET', rkey, 's:' .. sc.t) or sc.b
+  end
+  return sc.b
 end
 
 -- Commit one reservation with its actual amounts; idempotent by reservation id.
 -- Returns {status, hold amounts JSON or ""}; status is committed|duplicate|expired|unknown.
 local function bp_settle(ikey, rkey, scopes, actual, now, tomb_ms)
-  local record = redis.call('HMGET', rkey, 'st', 'm', 'e')
-  local st, member = record[1], record[2]
+  local record = bp_record(rkey)
+  local st = record and record.st
   if st == 'committed' then
     return {'duplicate', ''}
   end
   local status, hold = 'unknown', ''
   if st == 'held' then
-    hold = string.sub(member, 1, string.find(member, '\n', 1, true) - 1)
+    hold = string.sub(record.m, 1, string.find(record.m, '\n', 1, true) - 1)
     if bp_live(record, now) then
       status = 'committed'
     else
       status = 'expired'
     end
-    bp_unhold(ikey, rkey, member, scopes)
+    bp_unhold(record.m, scopes)
   elseif st then
     status = 'expired' -- released before: the spend still happened (as the in-memory ledger reports it)
   end
   for _, sc in ipairs(scopes) do
-    -- A commit charges the window the call was reserved in.
-    local bucket = sc.b
-    if st then
-      bucket = redis.call('HGET', rkey, 's:' .. sc.t) or sc.b
-    end
-    bp_add_used(sc.s, bucket, actual)
+    bp_add_used(sc.s, bp_reserved_bucket(rkey, record, sc), actual)
   end
-  redis.call('HSET', rkey, 'st', 'committed')
-  redis.call('PEXPIRE', rkey, tomb_ms)
+  redis.call('SET', rkey, 'committed', 'PX', tomb_ms)
   return {status, hold}
 end

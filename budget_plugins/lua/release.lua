@@ -10,12 +10,16 @@ local ikey, rkey = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
 local now = bp_now_ms()
 local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
-local record = redis.call('HMGET', rkey, 'st', 'm', 'e')
+local record = bp_record(rkey)
 if not bp_live(record, now) then
   return 0
 end
-bp_unhold(ikey, rkey, record[2], scopes)
-redis.call('HSET', rkey, 'st', 'released')
-redis.call('PEXPIRE', rkey, p.tomb)
+bp_unhold(record.m, scopes)
+if record.legacy then
+  redis.call('HSET', rkey, 'st', 'released')
+  redis.call('PEXPIRE', rkey, p.tomb)
+else
+  redis.call('SET', rkey, string.format('released %d', record.t), 'PX', p.tomb)
+end
 bp_touch(scopes)
 return 1

@@ -8,8 +8,12 @@
 -- ARGV[1]  JSON {a = [[dim, "amount"], ...] (request order), m = hold member ("<sorted amounts JSON>\n<rid>"),
 --                lease = ms, enf = bool, tomb = tombstone ms, sweep = max holds swept per scope,
 --                sc = [scope descriptor, ...] (see bp_scopes), st = [[[dim, "actual"], ...], ...]}
--- Returns {outcome, denial, views}:
---   outcome  "granted" | "denied" | "duplicate" | "conflict" (same id, other amounts)
+-- Returns, for a grant without denial (the hot path), one string:
+--   "granted <used> <held> ..."  used (current window) and held *before* this hold, for each scope in
+--                                order and each of its limited dimensions in the descriptor's order
+-- and otherwise {outcome, denial, views}:
+--   outcome  "granted" (shadow mode, with the would-be denial) | "denied" | "duplicate" | "conflict"
+--            (same id, other amounts)
 --   denial   {} or {scope index (1-based), dim, limit, used, held, requested} (strings)
 --   views    per scope {bucket, HGETALL of the scope hash, live holds}
 
@@ -22,10 +26,10 @@ for j, actual in ipairs(p.st) do
   bp_settle(ikey, KEYS[settle_first + j - 1], scopes, actual, now, p.tomb)
 end
 
-local record = redis.call('HMGET', rkey, 'st', 'm', 'e')
-if record[1] then
+local record = bp_record(rkey)
+if record then
   bp_touch(scopes)
-  if bp_live(record, now) and record[2] ~= p.m then
+  if bp_live(record, now) and record.m ~= p.m then
     return {'conflict', {}, bp_views(scopes)}
   end
   return {'duplicate', {}, bp_views(scopes)}
@@ -33,10 +37,12 @@ end
 
 local denial = {}
 for i, sc in ipairs(scopes) do
-  local found = bp_find_denial(sc, p.a)
-  if found then
-    denial = {i, found[1], found[2], found[3], found[4], found[5]}
-    break
+  bp_values(sc, bp_limit_dims(sc))
+  if not denial[1] then
+    local found = bp_find_denial(sc, p.a)
+    if found then
+      denial = {i, found[1], found[2], found[3], found[4], found[5]}
+    end
   end
 end
 if denial[1] and p.enf then
@@ -45,13 +51,20 @@ if denial[1] and p.enf then
 end
 
 local expires = now + p.lease
-redis.call('HSET', rkey, 'st', 'held', 'm', p.m, 'e', expires)
+bp_write_held(rkey, expires, now, p.m, p.lease + p.tomb)
 for _, sc in ipairs(scopes) do
   bp_add_held(sc.s, p.a, false)
   redis.call('ZADD', sc.z, expires, p.m)
-  redis.call('ZADD', ikey, 'LT', expires, sc.t)
-  redis.call('HSET', rkey, 's:' .. sc.t, sc.b)
+  if sc.idx == nil or sc.idx > expires then
+    redis.call('ZADD', ikey, expires, sc.t)
+  end
 end
-redis.call('PEXPIRE', rkey, p.lease + p.tomb)
 bp_touch(scopes)
-return {'granted', denial, bp_views(scopes)}
+if denial[1] then
+  return {'granted', denial, bp_views(scopes)}
+end
+local out = {'granted'}
+for _, sc in ipairs(scopes) do
+  bp_compact(out, sc, bp_limit_dims(sc))
+end
+return table.concat(out, ' ')

@@ -13,7 +13,6 @@ local now = bp_now_ms()
 local swept = 0
 for i = 1, n do
   local sc = {s = KEYS[2 * i], z = KEYS[2 * i + 1], t = ARGV[i]}
-  swept = swept + bp_sweep(ikey, sc, now, limit)
-  bp_reindex(ikey, sc)
+  swept = swept + bp_sweep(ikey, sc, now, limit) -- reindexes the scope, stale index entries too
 end
 return swept
