@@ -508,12 +508,11 @@ class Core:
         unique: list[tuple[Scope, bytes]],
         numbers: list[bytes],
         extra_dims: Sequence[str] = (),
-        add_held: Mapping[str, int] | None = None,
     ) -> tuple[ScopeUsage, ...]:
-        """Views from a compact reply.
+        """Views from a compact reply: "used held" per scope and reported dimension.
 
-        The reply holds "used held" per scope and reported dimension (the limited ones, then
-        ``extra_dims`` not limited); ``add_held`` is added on the limited ones (a grant's own hold).
+        The reported dimensions are the scope's limited ones, then those of ``extra_dims`` it does
+        not limit (a commit's actual amounts).
         """
         by_token: dict[bytes, ScopeUsage] = {}
         at = 0
@@ -525,8 +524,6 @@ class Core:
             for dim in dims:
                 u, h = int(numbers[at]), int(numbers[at + 1])
                 at += 2
-                if add_held is not None and dim in scope.limits:
-                    h += add_held.get(dim, 0)
                 if u:
                     used[dim] = u
                 if h:
@@ -581,9 +578,8 @@ class Core:
         )
 
         def decode(raw: Any) -> Grant:
-            if isinstance(raw, bytes):  # the hot path: granted, no denial; counters before this hold
-                numbers = raw.split(b" ")
-                return Grant(rid, True, None, self._compact(scopes, unique, numbers[1:], add_held=amounts))
+            if isinstance(raw, bytes):  # the hot path: granted without denial, limited counters only
+                return Grant(rid, True, None, self._compact(scopes, unique, raw.split(b" ")[1:]))
             outcome, raw_denial, raw_views = _text(raw[0]), raw[1], raw[2]
             usage = self._views(scopes, unique, raw_views)
             if outcome == "conflict":

@@ -167,7 +167,8 @@ local function bp_scopes(ikey, descriptors, first, now, sweep_limit)
   local indexed = redis.call('ZMSCORE', ikey, unpack(tokens))
   for i, d in ipairs(descriptors) do
     local sc = {s = KEYS[first + 2 * (i - 1)], z = KEYS[first + 2 * (i - 1) + 1], t = d.t, w = d.w,
-                b = bp_bucket(d.w, now), x = d.x, l = d.l, limits = {}, idx = nil}
+                b = bp_bucket(d.w, now), x = d.x, l = d.l, limits = {}, idx = nil,
+                pend = {}, pend_dims = {}, after = {}}
     for _, pair in ipairs(d.l) do
       sc.limits[pair[1]] = pair[2]
     end
@@ -236,24 +237,29 @@ local function bp_limit_dims(sc)
   return dims
 end
 
--- Append "used held" of `dims` (read by bp_values) to the compact reply `out`.
+-- Append "used held" of `dims` (read by bp_values, then held as bp_flush left it) to the compact reply.
 local function bp_compact(out, sc, dims)
   for _, dim in ipairs(dims) do
     local v = sc.vals[dim]
     out[#out + 1] = v[1]
-    out[#out + 1] = v[2]
+    local after = sc.after[dim]
+    if after then
+      out[#out + 1] = string.format('%d', after)
+    else
+      out[#out + 1] = v[2]
+    end
   end
 end
 
 -- The first requested dimension (in request order) that does not fit: mirrors budget_plugins.find_denial.
--- Reads sc.vals (bp_values over the scope's limited dimensions).
+-- Reads sc.vals (bp_values over the scope's limited dimensions) and the pending held changes.
 local function bp_find_denial(sc, requested)
   for _, pair in ipairs(requested) do
     local dim, amount = pair[1], pair[2]
     local limit = sc.limits[dim]
     if amount ~= '0' and limit then
       local used, held = sc.vals[dim][1], sc.vals[dim][2]
-      if tonumber(used) + tonumber(held) + tonumber(amount) > tonumber(limit) then
+      if tonumber(used) + tonumber(held) + (sc.pend[dim] or 0) + tonumber(amount) > tonumber(limit) then
         return {dim, limit, used, held, amount}
       end
     end
@@ -299,15 +305,61 @@ local function bp_live(record, now)
   return record ~= nil and record.st == 'held' and record.e > now
 end
 
--- Give a live hold back in every listed scope (holds in scopes not listed run out with their lease).
+-- Pending held changes of one scope, netted before they are written (a settled hold given back and
+-- the next hold taken in the same script mostly cancel out): sc.pend[dim] is an exact integer (a
+-- partial sum is written out before it could leave the exact range of doubles).
+local BP_EXACT = 9007199254740991
+
+local function bp_pend(sc, dim, delta)
+  local acc = sc.pend[dim]
+  if acc == nil then
+    acc = 0
+    sc.pend_dims[#sc.pend_dims + 1] = dim
+  end
+  if math.abs(acc) + math.abs(delta) > BP_EXACT then
+    redis.call('HINCRBY', sc.s, 'h:' .. dim, string.format('%d', acc))
+    acc = 0
+  end
+  sc.pend[dim] = acc + delta
+end
+
+-- Write a scope's pending held changes, after adding `requested` (a new hold; nil for none). Each
+-- written counter's new value is kept in sc.after[dim] (a counter left unchanged keeps its value).
+local function bp_flush(sc, requested)
+  if requested then
+    for _, pair in ipairs(requested) do
+      if pair[2] ~= '0' then
+        bp_pend(sc, pair[1], tonumber(pair[2]))
+      end
+    end
+  end
+  for _, dim in ipairs(sc.pend_dims) do
+    local delta = sc.pend[dim]
+    if delta ~= 0 then
+      sc.after[dim] = redis.call('HINCRBY', sc.s, 'h:' .. dim, string.format('%d', delta))
+    end
+  end
+  sc.pend, sc.pend_dims = {}, {}
+end
+
+-- Give a live hold back in every listed scope (holds in scopes not listed run out with their lease):
+-- at once, or as pending changes of each scope when `pend` is true (written by bp_flush).
 -- The sweeper index is left as it is: it may now lie before the scope's earliest expiry, which only
 -- costs the next call one sweep of the scope.
-local function bp_unhold(member, scopes)
+local function bp_unhold(member, scopes, pend)
   local amounts = nil
   for _, sc in ipairs(scopes) do
     if redis.call('ZREM', sc.z, member) == 1 then
       amounts = amounts or bp_member_amounts(member)
-      bp_add_held(sc.s, amounts, true)
+      if pend then
+        for _, pair in ipairs(amounts) do
+          if pair[2] ~= '0' then
+            bp_pend(sc, pair[1], -tonumber(pair[2]))
+          end
+        end
+      else
+        bp_add_held(sc.s, amounts, true)
+      end
     end
   end
 end
@@ -326,9 +378,10 @@ local function bp_reserved_bucket(rkey, record, sc)
   return sc.b
 end
 
--- Commit one reservation with its actual amounts; idempotent by reservation id.
+-- Commit one reservation with its actual amounts; idempotent by reservation id. With `pend`, the
+-- hold given back stays pending in each scope (see bp_flush).
 -- Returns {status, hold amounts JSON or ""}; status is committed|duplicate|expired|unknown.
-local function bp_settle(ikey, rkey, scopes, actual, now, tomb_ms)
+local function bp_settle(ikey, rkey, scopes, actual, now, tomb_ms, pend)
   local record = bp_record(rkey)
   local st = record and record.st
   if st == 'committed' then
@@ -342,7 +395,7 @@ local function bp_settle(ikey, rkey, scopes, actual, now, tomb_ms)
     else
       status = 'expired'
     end
-    bp_unhold(record.m, scopes)
+    bp_unhold(record.m, scopes, pend)
   elseif st then
     status = 'expired' -- released before: the spend still happened (as the in-memory ledger reports it)
   end

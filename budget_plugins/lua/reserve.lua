@@ -9,7 +9,7 @@
 --                lease = ms, enf = bool, tomb = tombstone ms, sweep = max holds swept per scope,
 --                sc = [scope descriptor, ...] (see bp_scopes), st = [[[dim, "actual"], ...], ...]}
 -- Returns, for a grant without denial (the hot path), one string:
---   "granted <used> <held> ..."  used (current window) and held *before* this hold, for each scope in
+--   "granted <used> <held> ..."  used (current window) and held after this hold, for each scope in
 --                                order and each of its limited dimensions in the descriptor's order
 -- and otherwise {outcome, denial, views}:
 --   outcome  "granted" (shadow mode, with the would-be denial) | "denied" | "duplicate" | "conflict"
@@ -23,11 +23,14 @@ local now = bp_now_ms()
 local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
 local settle_first = 3 + 2 * #p.sc
 for j, actual in ipairs(p.st) do
-  bp_settle(ikey, KEYS[settle_first + j - 1], scopes, actual, now, p.tomb)
+  bp_settle(ikey, KEYS[settle_first + j - 1], scopes, actual, now, p.tomb, true)
 end
 
 local record = bp_record(rkey)
 if record then
+  for _, sc in ipairs(scopes) do
+    bp_flush(sc, nil)
+  end
   bp_touch(scopes)
   if bp_live(record, now) and record.m ~= p.m then
     return {'conflict', {}, bp_views(scopes)}
@@ -35,32 +38,42 @@ if record then
   return {'duplicate', {}, bp_views(scopes)}
 end
 
-local denial = {}
-for i, sc in ipairs(scopes) do
-  bp_values(sc, bp_limit_dims(sc))
-  if not denial[1] then
+-- The check sees the settled holds given back (pending: written below, netted with the new hold).
+local function find_denial()
+  for i, sc in ipairs(scopes) do
+    bp_values(sc, bp_limit_dims(sc))
     local found = bp_find_denial(sc, p.a)
     if found then
-      denial = {i, found[1], found[2], found[3], found[4], found[5]}
+      return {i, found[1], found[2], found[3], found[4], found[5]}
     end
   end
+  return nil
 end
-if denial[1] and p.enf then
-  bp_touch(scopes)
-  return {'denied', denial, bp_views(scopes)}
+
+local denial = find_denial()
+if denial then
+  -- Rare path: write the settled holds back first, so the denial reports the exact stored counters.
+  for _, sc in ipairs(scopes) do
+    bp_flush(sc, nil)
+  end
+  denial = find_denial()
+  if p.enf then
+    bp_touch(scopes)
+    return {'denied', denial, bp_views(scopes)}
+  end
 end
 
 local expires = now + p.lease
 bp_write_held(rkey, expires, now, p.m, p.lease + p.tomb)
 for _, sc in ipairs(scopes) do
-  bp_add_held(sc.s, p.a, false)
+  bp_flush(sc, p.a)
   redis.call('ZADD', sc.z, expires, p.m)
   if sc.idx == nil or sc.idx > expires then
     redis.call('ZADD', ikey, expires, sc.t)
   end
 end
 bp_touch(scopes)
-if denial[1] then
+if denial then
   return {'granted', denial, bp_views(scopes)}
 end
 local out = {'granted'}
