@@ -389,8 +389,11 @@ def _pairs(amounts: Mapping[str, int]) -> list[list[str]]:
     return [[dim, str(amount)] for dim, amount in amounts.items()]
 
 
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def _dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODER.encode(value)
 
 
 def _check_exact(amounts: Mapping[str, int], what: str) -> None:
@@ -465,11 +468,11 @@ class Core:
 
         Cached by scope key, window and limits: the hot path re-sends the same scopes call after call.
         """
-        limits = validate_amounts(scope.limits, f"limits of {scope.label}")
-        cache_key = (token, scope.kind, scope.window or "", tuple(limits.items()))
+        cache_key = (token, scope.kind, scope.window or "", tuple(scope.limits.items()))
         found = self._descriptors.get(cache_key)
-        if found is not None:
-            return found
+        if found is not None and all(type(limit) is int for limit in scope.limits.values()):
+            return found  # (True == 1 as a key: a bool limit is never served from the cache)
+        limits = validate_amounts(scope.limits, f"limits of {scope.label}")
         _check_exact(limits, f"limits of {scope.label}")
         ttl = _ms(self.options.run_ttl_seconds) if scope.kind == "run" and self.options.run_ttl_seconds else 0
         fragment = _dumps(

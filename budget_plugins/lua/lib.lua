@@ -19,7 +19,8 @@
 -- scope whose index score lies in the future has nothing to sweep.
 --
 -- Amounts are decimal strings end to end (HINCRBY does the integer arithmetic in Redis); Lua numbers
--- are used only to compare (exact below 2^53, which the client enforces) and never turned into text.
+-- are used to compare (exact below 2^53, which the client enforces) and to net a settled hold against
+-- the next one (bp_pend keeps every partial sum below 2^53, so string.format('%d') is exact).
 -- Time is the server's TIME, never the client's clock.
 
 if redis.replicate_commands then
@@ -90,15 +91,18 @@ local function bp_member_amounts(member)
   return cjson.decode(string.sub(member, 1, cut - 1))
 end
 
--- Held counters stay in the hash at "0" when nothing is held (no HDEL on the hot path).
+-- Add (or take back) held amounts; a counter back at zero is removed.
 local function bp_add_held(skey, amounts, negative)
   for _, pair in ipairs(amounts) do
     local amount = pair[2]
     if amount ~= '0' then
+      local field = 'h:' .. pair[1]
       if negative then
         amount = '-' .. amount
       end
-      redis.call('HINCRBY', skey, 'h:' .. pair[1], amount)
+      if redis.call('HINCRBY', skey, field, amount) == 0 then
+        redis.call('HDEL', skey, field)
+      end
     end
   end
 end
@@ -336,7 +340,12 @@ local function bp_flush(sc, requested)
   for _, dim in ipairs(sc.pend_dims) do
     local delta = sc.pend[dim]
     if delta ~= 0 then
-      sc.after[dim] = redis.call('HINCRBY', sc.s, 'h:' .. dim, string.format('%d', delta))
+      local field = 'h:' .. dim
+      local after = redis.call('HINCRBY', sc.s, field, string.format('%d', delta))
+      if after == 0 then
+        redis.call('HDEL', sc.s, field)
+      end
+      sc.after[dim] = after
     end
   end
   sc.pend, sc.pend_dims = {}, {}
