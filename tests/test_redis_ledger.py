@@ -288,6 +288,169 @@ def test_a_new_window_starts_from_zero_and_commit_charges_the_window_reserved_in
     assert ledger.snapshot(scope).held == {}
 
 
+# -- the hot path: compact replies, netted holds, stored limits, records -------------------------------
+
+
+def _limited(view: ScopeUsage, dims: Sequence[str]) -> tuple[dict[str, int], dict[str, int]]:
+    return (
+        {dim: n for dim, n in view.used.items() if dim in dims},
+        {dim: n for dim, n in view.held.items() if dim in dims},
+    )
+
+
+def test_compact_replies_report_the_stored_counters_of_the_limited_dimensions(
+    redis_ledger_factory: Callable[..., RedisLedger],
+) -> None:
+    ledger = redis_ledger_factory()
+    tenant = uuid.uuid4().hex
+    run = Scope("run", "r", tenant=tenant, limits={"model_calls": 100, "cost_usd": 10 * USD})
+    workflow = Scope("workflow", "w", tenant=tenant, workflow="w", limits={"cost_usd": 50 * USD})
+    ceiling = tenant_scope(tenant, {"cost_usd": 90 * USD, "tool_calls": 7}, window="month")
+    scopes = [run, workflow, ceiling, run]  # a scope listed twice has one entry per listing
+    settle: list[tuple[str, Mapping[str, int]]] = []
+    for i in range(6):
+        amounts = {"model_calls": 1, "tool_calls": i % 2, "input_tokens": 10 + i, "cost_usd": (i + 1) * USD // 10}
+        grant = ledger.reserve(f"r{i}", scopes, amounts, settle=settle)
+        assert grant.granted and grant.denial is None and len(grant.usage) == 4
+        for scope, view in zip(scopes, grant.usage, strict=True):
+            snap = ledger.snapshot(scope)
+            assert (view.used, view.held) == _limited(snap, list(scope.limits)), (i, scope.kind)
+            assert view.limits == dict(scope.limits) and view.scope_id == scope.label
+        settle = [(f"r{i}", {"model_calls": 1, "input_tokens": 3, "cost_usd": i * 7})]
+    settlement = ledger.commit("r5", scopes, {"model_calls": 1, "input_tokens": 3, "output_tokens": 9})
+    assert settlement.status == "committed"
+    for scope, view in zip(scopes, settlement.usage, strict=True):
+        snap = ledger.snapshot(scope)
+        reported = [*scope.limits, "model_calls", "input_tokens", "output_tokens"]
+        assert (view.used, view.held) == _limited(snap, reported)
+        assert snap.held == {}
+    assert ledger.commit("r5", scopes, {"model_calls": 1}).status == "duplicate"
+
+
+def test_a_settled_hold_and_the_next_one_are_netted_exactly(redis_ledger_factory: Callable[..., RedisLedger]) -> None:
+    ledger = redis_ledger_factory()
+    big = 2**53 - 1
+    tenant = uuid.uuid4().hex
+    scope = tenant_scope(tenant, {"cost_usd": 10 * USD})  # "tokens" is not limited: no limit bounds its held
+    assert ledger.reserve("a", [scope], {"tokens": big, "cost_usd": 3}).granted
+    assert ledger.reserve("b", [scope], {"tokens": big, "cost_usd": 4}).granted
+    assert ledger.snapshot(scope).held == {"tokens": 2 * big, "cost_usd": 7}  # beyond 2**53, still exact
+    # Both given back and a third taken in one reserve: partial sums stay exact.
+    grant = ledger.reserve("c", [scope], {"tokens": big - 2, "cost_usd": 4}, settle=[("a", {}), ("b", {"tokens": 1})])
+    assert grant.usage[0].held == {"cost_usd": 4} and grant.usage[0].used == {}
+    assert ledger.snapshot(scope).held == {"tokens": big - 2, "cost_usd": 4}
+    assert ledger.snapshot(scope).used == {"tokens": 1}
+    # The same amounts again: nothing to write for the held counters, and still right.
+    grant = ledger.reserve("d", [scope], {"tokens": big - 2, "cost_usd": 4}, settle=[("c", {"cost_usd": 2})])
+    assert grant.usage[0].held == {"cost_usd": 4} and grant.usage[0].used == {"cost_usd": 2}
+    # A denied reserve still settles: the denial reports the counters after the settlement.
+    grant = ledger.reserve("e", [scope], {"cost_usd": 10 * USD}, settle=[("d", {"cost_usd": 1})])
+    assert not grant.granted and grant.denial is not None
+    assert (grant.denial.used, grant.denial.requested) == (3, 10 * USD)
+    snap = ledger.snapshot(scope)
+    assert snap.held == {} and snap.used == {"tokens": 1, "cost_usd": 3}
+
+
+def test_stored_limits_are_rewritten_only_when_they_change(disposable_redis: RedisServer) -> None:
+    ledger = RedisLedger(disposable_redis.url, namespace=ns())
+    tenant = uuid.uuid4().hex
+    scope = tenant_scope(tenant, {"cost_usd": 10, "steps": 5})
+    ledger.reserve("a", [scope], {"steps": 1})
+    with redis.Redis.from_url(disposable_redis.url) as client:
+
+        def hsets() -> int:
+            return int(client.info("commandstats").get("cmdstat_hset", {}).get("calls", 0))
+
+        client.config_resetstat()
+        for i in range(3):
+            ledger.reserve(f"same-{i}", [scope], {"steps": 1}, settle=[("a" if i == 0 else f"same-{i - 1}", {})])
+        assert hsets() == 0
+        changed = tenant_scope(tenant, {"cost_usd": 20, "steps": 5})
+        ledger.reserve("changed", [changed], {"steps": 1})
+        assert hsets() == 1
+        ledger.reserve("changed-again", [changed], {"steps": 1})
+        assert hsets() == 1
+    assert ledger.status(tenant_scope(tenant, {})).usage.limits == {"cost_usd": 20, "steps": 5}
+
+
+def test_settled_reservations_leave_small_tombstones(redis_url: str) -> None:
+    namespace = ns()
+    ledger = RedisLedger(redis_url, namespace=namespace, tombstone_seconds=600)
+    tenant = uuid.uuid4().hex
+    scope = tenant_scope(tenant, {"steps": 10})
+    keys = Keys(hash_tag(namespace, tenant))
+    with redis.Redis.from_url(redis_url) as client:
+        ledger.reserve("a", [scope], {"steps": 1})
+        ledger.reserve("b", [scope], {"steps": 1}, settle=[("a", {"steps": 1})])
+        assert client.get(keys.reservation("a")) == b"committed"
+        assert 0 < client.pttl(keys.reservation("a")) <= 600_000
+        assert client.get(keys.reservation("b")).startswith(b"held ")
+        assert ledger.release("b", [scope])
+        assert client.get(keys.reservation("b")).split(b" ")[0] == b"released"
+        assert not ledger.release("b", [scope])
+        assert ledger.commit("b", [scope], {"steps": 1}).status == "expired"  # released first: spend recorded
+    assert ledger.snapshot(scope).used == {"steps": 2} and ledger.snapshot(scope).held == {}
+
+
+def test_records_of_the_previous_hash_layout_are_still_settled(redis_url: str) -> None:
+    namespace = ns()
+    ledger = RedisLedger(redis_url, namespace=namespace)
+    tenant = uuid.uuid4().hex
+    scope = tenant_scope(tenant, {"steps": 10}, window="month")
+    keys = Keys(hash_tag(namespace, tenant))
+    skey = keys.scope(scope_token(scope))
+    with redis.Redis.from_url(redis_url) as client:
+
+        def to_hash(rid: str, bucket: str) -> None:
+            state, expiry, _, member = client.get(keys.reservation(rid)).split(b" ", 3)
+            client.delete(keys.reservation(rid))
+            token = b"s:" + scope_token(scope)
+            client.hset(keys.reservation(rid), mapping={"st": state, "m": member, "e": expiry, token: bucket})
+            client.pexpire(keys.reservation(rid), 60_000)
+
+        for rid in ("old-commit", "old-release", "old-extend"):
+            assert ledger.reserve(rid, [scope], {"steps": 2}).granted
+        to_hash("old-commit", "1999-11")
+        to_hash("old-release", "1999-11")
+        to_hash("old-extend", "1999-11")
+        assert ledger.reserve("old-commit", [scope], {"steps": 2}).duplicate
+        assert ledger.commit("old-commit", [scope], {"steps": 1}).status == "committed"
+        assert int(client.hget(skey, "u:1999-11:steps") or 0) == 1  # the window it was reserved in
+        assert ledger.commit("old-commit", [scope], {"steps": 1}).status == "duplicate"
+        assert ledger.extend("old-extend", [scope], 30)
+        assert ledger.release("old-release", [scope])
+        assert not ledger.release("old-release", [scope])
+        assert ledger.commit("old-extend", [scope], {"steps": 2}).status == "committed"
+    snap = ledger.snapshot(scope)
+    assert snap.held == {} and snap.used == {}  # all charged to 1999-11
+
+
+def test_a_settled_hold_leaves_the_index_early_and_a_later_call_repairs_it(redis_url: str) -> None:
+    namespace = ns()
+    ledger = RedisLedger(redis_url, namespace=namespace)
+    tenant = uuid.uuid4().hex
+    scope = tenant_scope(tenant, {"steps": 10})
+    keys = Keys(hash_tag(namespace, tenant))
+    token = scope_token(scope)
+    with redis.Redis.from_url(redis_url) as client:
+        ledger.reserve("short", [scope], {"steps": 1}, lease_seconds=0.1)
+        early = client.zscore(keys.index, token)
+        ledger.reserve("long", [scope], {"steps": 1}, lease_seconds=60, settle=[("short", {"steps": 1})])
+        assert client.zscore(keys.index, token) == early  # at or before the earliest expiry: still valid
+        ledger.reserve("expiring", [scope], {"steps": 1}, lease_seconds=0.1)
+        time.sleep(0.25)
+        grant = ledger.reserve("next", [scope], {"steps": 1}, lease_seconds=60)  # sweeps "expiring", reindexes
+        assert grant.usage[0].held == {"steps": 2} and grant.usage[0].used == {"steps": 1}
+        long_expiry = int(client.get(keys.reservation("long")).split(b" ")[1])
+        assert client.zscore(keys.index, token) == long_expiry
+        assert ledger.commit("expiring", [scope], {"steps": 1}).status == "expired"
+        for rid in ("long", "next"):
+            assert ledger.release(rid, [scope])
+        assert ledger.sweep([tenant]) == 0
+        time.sleep(0.05)
+    assert ledger.snapshot(scope).held == {} and ledger.snapshot(scope).used == {"steps": 2}
+
+
 # -- leases and sweeping ------------------------------------------------------------------------
 
 
