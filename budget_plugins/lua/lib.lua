@@ -232,7 +232,7 @@ local function bp_values(sc, dims)
   end
 end
 
--- The limited dimensions of a scope, in the client's order.
+-- The limited dimensions of a scope, in the client's order (a fresh table: callers may extend it).
 local function bp_limit_dims(sc)
   local dims = {}
   for i, pair in ipairs(sc.l) do
@@ -313,6 +313,7 @@ end
 -- the next hold taken in the same script mostly cancel out): sc.pend[dim] is an exact integer (a
 -- partial sum is written out before it could leave the exact range of doubles).
 local BP_EXACT = 9007199254740991
+local bp_abs = math.abs
 
 local function bp_pend(sc, dim, delta)
   local acc = sc.pend[dim]
@@ -320,7 +321,7 @@ local function bp_pend(sc, dim, delta)
     acc = 0
     sc.pend_dims[#sc.pend_dims + 1] = dim
   end
-  if math.abs(acc) + math.abs(delta) > BP_EXACT then
+  if bp_abs(acc) + bp_abs(delta) > BP_EXACT then
     redis.call('HINCRBY', sc.s, 'h:' .. dim, string.format('%d', acc))
     acc = 0
   end
