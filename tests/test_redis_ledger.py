@@ -469,6 +469,22 @@ def test_sweep_returns_expired_holds_and_counts_them(redis_ledger_factory: Calla
     assert ledger.commit("short-0", [run, ceiling], {"steps": 1}).status == "expired"
 
 
+def test_sweep_gets_past_index_entries_left_early_by_settled_holds(
+    redis_ledger_factory: Callable[..., RedisLedger],
+) -> None:
+    ledger = redis_ledger_factory(sweep_batch=2)
+    tenant = uuid.uuid4().hex
+    settled = [Scope("run", f"settled-{i}", tenant=tenant, limits={"steps": 9}) for i in range(5)]
+    for i, scope in enumerate(settled):  # each leaves an early index entry behind
+        ledger.reserve(f"s{i}", [scope], {"steps": 1}, lease_seconds=0.05)
+        ledger.commit(f"s{i}", [scope], {"steps": 1})
+    abandoned = Scope("run", "abandoned", tenant=tenant, limits={"steps": 9})
+    ledger.reserve("lost", [abandoned], {"steps": 1}, lease_seconds=0.1)
+    time.sleep(0.2)
+    assert ledger.sweep([tenant]) == 1
+    assert ledger.snapshot(abandoned).held == {}
+
+
 def _hold_and_hang(url: str, namespace: str, scopes: list[Scope], n: int, ready: Any) -> None:
     ledger = RedisLedger(url, namespace=namespace)
     for i in range(n):

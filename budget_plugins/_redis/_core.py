@@ -733,10 +733,9 @@ class Core:
                     lambda: 0,
                     "sweep",
                 )
-                swept = yield from self.execute(sweep_call, node_of)
-                total += swept
-                if not swept:
-                    break  # the due scopes were only stale in the index (extended holds): now reindexed
+                # Tokens listed with nothing due were only early in the index (settled or extended
+                # holds): the script reindexed them, so they are not listed again and the loop goes on.
+                total += yield from self.execute(sweep_call, node_of)
         if self.options.failure_policy == "fail_open":
             total += self._local.sweep()
         return total

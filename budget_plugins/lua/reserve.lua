@@ -57,7 +57,7 @@ if denial then
     bp_flush(sc, nil)
   end
   denial = find_denial()
-  if p.enf then
+  if denial and p.enf then
     bp_touch(scopes)
     return {'denied', denial, bp_views(scopes)}
   end
