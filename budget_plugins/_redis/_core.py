@@ -468,10 +468,12 @@ class Core:
 
         Cached by scope key, window and limits: the hot path re-sends the same scopes call after call.
         """
-        cache_key = (token, scope.kind, scope.window or "", tuple(scope.limits.items()))
-        found = self._descriptors.get(cache_key)
-        if found is not None and all(type(limit) is int for limit in scope.limits.values()):
-            return found  # (True == 1 as a key: a bool limit is never served from the cache)
+        limits_key = tuple(scope.limits.items())
+        cache_key = (token, scope.kind, scope.window or "", limits_key)
+        if all(type(limit) is int for _, limit in limits_key):  # (True == 1 as a key: bools never hit)
+            found = self._descriptors.get(cache_key)
+            if found is not None:
+                return found
         limits = validate_amounts(scope.limits, f"limits of {scope.label}")
         _check_exact(limits, f"limits of {scope.label}")
         ttl = _ms(self.options.run_ttl_seconds) if scope.kind == "run" and self.options.run_ttl_seconds else 0
