@@ -156,6 +156,7 @@ class Meter:
         "_lock",
         "_pending",
         "_run_scope",
+        "_run_unsynced",
         "_shadow",
         "_shared_dims",
         "_signalled",
@@ -280,6 +281,7 @@ class Meter:
         own = run_id is None if exclusive is None else exclusive
         self._local: InMemoryLedger | None = None
         self._unsynced: dict[str, int] | None = None
+        self._run_unsynced: dict[str, int] | None = None
         self._shared_dims: frozenset[str] = frozenset(d for sc in self.scopes(final=True)[1:] for d in sc.limits)
         if own and self.defer_commits:
             self._local = InMemoryLedger(run_ttl_seconds=None)
@@ -367,13 +369,14 @@ class Meter:
     # -- the shared preparation and interpretation ------------------------------
 
     def _ledger_scopes(self, *, final: bool = False) -> list[Scope]:
-        """The scopes as the shared ledger sees them.
+        """The scopes a shared-ledger request is held in.
 
-        An exclusive run scope keeps its limits there too (for status readers):
-        the ledger's copy lags the in-process one, so its check can never be the
-        stricter of the two.
+        An exclusive run scope is not among them: it is enforced in process and
+        its usage is written to the ledger in one entry when the run is flushed
+        (a third less work per call for the ledger).
         """
-        return self.scopes(final=final)
+        scopes = self.scopes(final=final)
+        return scopes[1:] if self._local is not None else scopes
 
     def _is_local(self, request: Request) -> bool:
         return self._local is not None and not any(
@@ -381,12 +384,25 @@ class Meter:
         )
 
     def _take_pending(self) -> list[tuple[str, dict[str, int]]]:
-        """Deferred settlements, with in-process usage not yet recorded as one entry (lock held)."""
+        """Deferred settlements for the shared scopes, in-process usage as one entry (lock held)."""
         pending, self._pending = self._pending or [], None
         if self._unsynced:
             pending.append((uuid.uuid4().hex, self._unsynced))
+            self._for_run_scope(self._unsynced)
             self._unsynced = None
         return pending
+
+    def _for_run_scope(self, amounts: Mapping[str, int]) -> None:
+        """Usage the ledger's copy of an exclusive run scope still has to record (lock held)."""
+        unrecorded = self._run_unsynced or {}
+        for dim, amount in amounts.items():
+            unrecorded[dim] = unrecorded.get(dim, 0) + amount
+        self._run_unsynced = unrecorded
+
+    def _take_run_entry(self) -> tuple[str, list[Scope], dict[str, int]] | None:
+        with self._lock:
+            amounts, self._run_unsynced = self._run_unsynced, None
+        return (uuid.uuid4().hex, self.scopes(final=True)[:1], amounts) if amounts else None
 
     def _hold_locally(self, rid: str, request: Request) -> Grant | None:
         if self._local is None:
@@ -708,9 +724,10 @@ class Meter:
         if self._local is None:
             return False
         self._local.commit(ticket.reservation_id, self.scopes(final=ticket.request.final)[:1], amounts)
-        if not ticket.extra.get("local"):
-            return False
         with self._lock:
+            if not ticket.extra.get("local"):
+                self._for_run_scope(amounts)  # the shared ledger records it in the other scopes
+                return False
             unsynced = self._unsynced or {}
             for dim, amount in amounts.items():
                 unsynced[dim] = unsynced.get(dim, 0) + amount
@@ -749,8 +766,12 @@ class Meter:
         """Commit every deferred settlement now."""
         with self._lock:
             pending = self._take_pending()
-        for rid, amounts in pending:
-            self.ledger.commit(rid, self._ledger_scopes(), amounts)
+        shared = self._ledger_scopes()
+        for rid, amounts in pending if shared else ():
+            self.ledger.commit(rid, shared, amounts)
+        entry = self._take_run_entry()
+        if entry is not None:
+            self.ledger.commit(*entry)
 
     # -- observation door: what already happened, and what is used up ---------------
 
@@ -904,8 +925,12 @@ class Meter:
         """Async twin of :meth:`flush`."""
         with self._lock:
             pending = self._take_pending()
-        for rid, amounts in pending:
-            await self.aledger.commit(rid, self._ledger_scopes(), amounts)
+        shared = self._ledger_scopes()
+        for rid, amounts in pending if shared else ():
+            await self.aledger.commit(rid, shared, amounts)
+        entry = self._take_run_entry()
+        if entry is not None:
+            await self.aledger.commit(*entry)
 
     async def acommit(
         self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False

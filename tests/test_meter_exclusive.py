@@ -61,7 +61,11 @@ def test_shared_limits_go_to_the_ledger_with_the_local_usage_settled_on_the_way(
         m.after_tool_call(m.before_tool_call("search"))
         m.before_step("tools")
     assert ledger.reserves == 3  # one round trip per model call; steps and tools ride along
+    run_in_ledger = m.scopes()[0]
+    assert ledger.snapshot(run_in_ledger).used == {}  # the exclusive run scope is written once, at the end
     m.flush()
+    assert ledger.snapshot(run_in_ledger).used == m.usage().used
+    assert ledger.snapshot(run_in_ledger).held == {}
     workflow = ledger.snapshot(Scope("workflow", "wf", tenant="acme", workflow="wf"))
     assert workflow.used["model_calls"] == 3 and workflow.used["tool_calls"] == 3 and workflow.used["steps"] == 3
     assert workflow.held == {}
