@@ -215,7 +215,7 @@ def _throughput(port: int, counts: list[int], rounds: int, duration: float) -> d
 
 
 def _round_trips(port: int, calls: int) -> dict[str, float]:
-    from budget_plugins import Budget, BudgetCallbackHandler, RedisLedger
+    from budget_plugins import Budget, BudgetCallbackHandler, Ceiling, RedisLedger
 
     client = _client(port, counting=True)
     meter = _meter(port, client)
@@ -236,28 +236,32 @@ def _round_trips(port: int, calls: int) -> dict[str, float]:
 
     ledger = RedisLedger(f"redis://127.0.0.1:{port}/0", client=client)
     limits = Budget(max_model_calls=10**9, max_total_tokens=10**15, max_cost_usd="1000000000")
+    # A shared tenant cost ceiling, as a Redis deployment has: model calls must ask Redis.
+    shared = {"tenant": "bench", "ceilings": [Ceiling(scope="tenant", max_cost_usd="1000000000")]}
     model = ScriptedChatModel(turns=lambda: itertools.repeat(Turn("ok")))
     chain = ChatPromptTemplate.from_messages([("human", "{q}")]) | model
-    handler = BudgetCallbackHandler(limits, ledger=ledger, hooks=[])
+    handler = BudgetCallbackHandler(limits, ledger=ledger, hooks=[], **shared)
     chain.invoke({"q": "warm"}, config={"callbacks": [handler]})
     before = _sent_so_far()
     for _ in range(calls):
         chain.invoke({"q": "x"}, config={"callbacks": [handler]})
-    found["handler, one-call chain `ChatPromptTemplate` then model (one root run per call)"] = (
-        _sent_so_far() - before
-    ) / calls
+    found[
+        "handler with a tenant cost ceiling, one-call chain `ChatPromptTemplate` then model (one root run per call)"
+    ] = (_sent_so_far() - before) / calls
 
     model_calls = max(calls // 5, 3)
     script = [Turn("again", tools=[("search", {"query": "q"})])] * (model_calls - 1) + [Turn("done")]
     agent = create_agent(ScriptedChatModel(turns=lambda: iter(script)), [counting_tool()])
-    handler = BudgetCallbackHandler(limits, ledger=ledger, hooks=[])
+    handler = BudgetCallbackHandler(limits, ledger=ledger, hooks=[], **shared)
     before = _sent_so_far()
     agent.invoke({"messages": [("user", "go")]}, config={"callbacks": [handler], "recursion_limit": 10 * model_calls})
     used = handler.report()["used"]
     sent = _sent_so_far() - before
     shape = f"{used['model_calls']} model calls, {used.get('tool_calls', 0)} tool calls, {used.get('steps', 0)} steps"
-    found[f"handler, `create_agent` loop ({shape}): per model call"] = sent / used["model_calls"]
-    found[f"handler, `create_agent` loop ({shape}): per model or tool call"] = sent / (
+    found[f"handler with a tenant cost ceiling, `create_agent` loop ({shape}): per model call"] = (
+        sent / used["model_calls"]
+    )
+    found[f"handler with a tenant cost ceiling, `create_agent` loop ({shape}): per model or tool call"] = sent / (
         used["model_calls"] + used.get("tool_calls", 0)
     )
     return found

@@ -168,7 +168,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         # outermost run ends there is no next one, so settle now: usage is never left
         # to expire with its lease.
         if parent_run_id is None and self.meter.defer_commits:
-            self.meter.flush()
+            self.meter.flush(force=False)
 
     @contextlib.contextmanager
     def _forget_on_refusal(self, run_id: UUID) -> Iterator[None]:

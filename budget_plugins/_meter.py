@@ -12,11 +12,14 @@ preparation and interpretation code.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
+import logging
 import math
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
@@ -47,6 +50,21 @@ from budget_plugins._pricing import price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 _DEFAULT_HOOKS: tuple[EventHook, ...] = (LoggingHook(),)
+
+RUN_WRITE_INTERVAL = 1.0
+"""Seconds between writes of an exclusive run scope's copy to a remote ledger when runs end."""
+
+_unwritten: weakref.WeakSet[Meter] = weakref.WeakSet()
+
+
+@atexit.register
+def _write_unwritten_run_scopes() -> None:
+    for meter in list(_unwritten):
+        try:
+            meter.flush()
+        except BaseException:  # best effort at exit: the ledger may be gone already
+            logging.getLogger("budget_plugins").warning("could not write run scope %s at exit", meter.run_id)
+
 
 _TOKEN_DIMENSIONS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
 
@@ -157,6 +175,7 @@ class Meter:
         "_pending",
         "_run_scope",
         "_run_unsynced",
+        "_run_written",
         "_shadow",
         "_shared_dims",
         "_signalled",
@@ -282,6 +301,7 @@ class Meter:
         self._local: InMemoryLedger | None = None
         self._unsynced: dict[str, int] | None = None
         self._run_unsynced: dict[str, int] | None = None
+        self._run_written = float("-inf")
         self._shared_dims: frozenset[str] = frozenset(d for sc in self.scopes(final=True)[1:] for d in sc.limits)
         if own and self.defer_commits:
             self._local = InMemoryLedger(run_ttl_seconds=None)
@@ -399,10 +419,16 @@ class Meter:
             unrecorded[dim] = unrecorded.get(dim, 0) + amount
         self._run_unsynced = unrecorded
 
-    def _take_run_entry(self) -> tuple[str, list[Scope], dict[str, int]] | None:
+    def _take_run_entry(self, force: bool) -> tuple[str, list[Scope], dict[str, int]] | None:
         with self._lock:
-            amounts, self._run_unsynced = self._run_unsynced, None
-        return (uuid.uuid4().hex, self.scopes(final=True)[:1], amounts) if amounts else None
+            now = self._clock()
+            if not self._run_unsynced or (not force and now - self._run_written < RUN_WRITE_INTERVAL):
+                if self._run_unsynced:
+                    _unwritten.add(self)  # written at the latest when the interpreter exits
+                return None
+            amounts, self._run_unsynced, self._run_written = self._run_unsynced, None, now
+        _unwritten.discard(self)
+        return uuid.uuid4().hex, self.scopes(final=True)[:1], amounts
 
     def _hold_locally(self, rid: str, request: Request) -> Grant | None:
         if self._local is None:
@@ -762,14 +788,20 @@ class Meter:
         if not ticket.extra.get("local"):
             self.ledger.release(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final))
 
-    def flush(self) -> None:
-        """Commit every deferred settlement now."""
+    def flush(self, *, force: bool = True) -> None:
+        """Commit every deferred settlement now.
+
+        Args:
+            force: Also write an exclusive run scope's copy in the ledger now; when
+                False (what adapters do when a run ends) it is written at most once
+                every ``RUN_WRITE_INTERVAL`` seconds, and at interpreter exit.
+        """
         with self._lock:
             pending = self._take_pending()
         shared = self._ledger_scopes()
         for rid, amounts in pending if shared else ():
             self.ledger.commit(rid, shared, amounts)
-        entry = self._take_run_entry()
+        entry = self._take_run_entry(force)
         if entry is not None:
             self.ledger.commit(*entry)
 
@@ -921,14 +953,14 @@ class Meter:
         views = local + [await self.aledger.snapshot(scope) for scope in self.scopes()[len(local) :]]
         return self._reached(views, dimensions)
 
-    async def aflush(self) -> None:
+    async def aflush(self, *, force: bool = True) -> None:
         """Async twin of :meth:`flush`."""
         with self._lock:
             pending = self._take_pending()
         shared = self._ledger_scopes()
         for rid, amounts in pending if shared else ():
             await self.aledger.commit(rid, shared, amounts)
-        entry = self._take_run_entry()
+        entry = self._take_run_entry(force)
         if entry is not None:
             await self.aledger.commit(*entry)
 
