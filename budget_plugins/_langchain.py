@@ -164,10 +164,15 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         return run
 
     def _root_done(self, parent_run_id: UUID | None) -> None:
+        if parent_run_id is not None:
+            return
+        with self._lock:
+            if not self._runs:
+                self._runs = {}  # a dict never shrinks: an idle handler keeps a small one
         # Remote ledgers settle a call together with the next reservation; when the
         # outermost run ends there is no next one, so settle now: usage is never left
         # to expire with its lease.
-        if parent_run_id is None and self.meter.defer_commits:
+        if self.meter.defer_commits:
             self.meter.flush(force=False)
 
     @contextlib.contextmanager

@@ -51,6 +51,8 @@ from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 _DEFAULT_HOOKS: tuple[EventHook, ...] = (LoggingHook(),)
 
+_NO_DIMENSIONS: frozenset[str] = frozenset()
+
 RUN_WRITE_INTERVAL = 1.0
 """Seconds between writes of an exclusive run scope's copy to a remote ledger when runs end."""
 
@@ -302,7 +304,9 @@ class Meter:
         self._unsynced: dict[str, int] | None = None
         self._run_unsynced: dict[str, int] | None = None
         self._run_written = float("-inf")
-        self._shared_dims: frozenset[str] = frozenset(d for sc in self.scopes(final=True)[1:] for d in sc.limits)
+        self._shared_dims: frozenset[str] = (
+            frozenset(d for sc in self.scopes(final=True)[1:] for d in sc.limits) or _NO_DIMENSIONS
+        )
         if own and self.defer_commits:
             self._local = InMemoryLedger(run_ttl_seconds=None)
         all_limits = [dim for scope in self.scopes(final=True) for dim in scope.limits]
