@@ -222,6 +222,11 @@ class _ScopeState:
         # the rollover is charged to it (a lease is far shorter than any window).
         self.previous: tuple[str, dict[str, int]] | None = None
 
+    def unhold(self, amounts: Mapping[str, int]) -> None:
+        _add(self.held, amounts, -1)
+        if not self.held:
+            self.held = {}  # a dict never shrinks: an idle scope keeps an empty one
+
     def used_in(self, bucket: str) -> dict[str, int] | None:
         if bucket == self.bucket:
             return self.used
@@ -363,7 +368,7 @@ class InMemoryLedger:
             for key in hold.keys:
                 state = self._scopes.get(key)
                 if state is not None:
-                    _add(state.held, hold.amounts, -1)
+                    state.unhold(hold.amounts)
             self._remember(rid, now, ("expired", hold))
 
     def _remember(self, rid: str, now: float, result: Any) -> None:
@@ -405,7 +410,7 @@ class InMemoryLedger:
             for key in hold.keys:
                 state = self._scopes.get(key)
                 if state is not None:
-                    _add(state.held, hold.amounts, -1)
+                    state.unhold(hold.amounts)
             overage = {k: v - hold.amounts.get(k, 0) for k, v in actual.items() if v > hold.amounts.get(k, 0)}
             self._charge(hold.keys, hold.buckets, actual, scopes, now)
             self._remember(rid, now, ("committed", None))
@@ -490,7 +495,7 @@ class InMemoryLedger:
             for key in hold.keys:
                 state = self._scopes.get(key)
                 if state is not None:
-                    _add(state.held, hold.amounts, -1)
+                    state.unhold(hold.amounts)
             self._remember(reservation_id, now, ("released", None))
             return True
 
