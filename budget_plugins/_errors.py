@@ -157,11 +157,14 @@ class BudgetExceeded(BudgetError):
         }
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_exceeded, (self.as_dict(), self.usage))
+        return (_rebuild_exceeded, (self.as_dict(), self.usage, type(self)))
 
 
-def _rebuild_exceeded(data: dict[str, Any], usage: dict[str, Any]) -> BudgetExceeded:
-    return BudgetExceeded(
+def _rebuild_exceeded(
+    data: dict[str, Any], usage: dict[str, Any], cls: type[BudgetExceeded] | None = None
+) -> BudgetExceeded:
+    """A refusal of class ``cls`` (default ``BudgetExceeded``) carrying the given facts."""
+    return (cls or BudgetExceeded)(
         data["dimension"],
         limit=data["limit"],
         used=data["used"],

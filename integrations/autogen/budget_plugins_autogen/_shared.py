@@ -18,6 +18,7 @@ from autogen_core.models import RequestUsage
 from pydantic import BaseModel, Field
 
 from budget_plugins import Budget, BudgetConfigError, BudgetExceeded, Meter
+from budget_plugins._errors import _rebuild_exceeded
 
 _MAX_TOOL_MARKS = 4096
 
@@ -41,24 +42,9 @@ class BudgetExceededError(BudgetExceeded, RuntimeError):
     @classmethod
     def from_exceeded(cls, exc: BudgetExceeded) -> BudgetExceededError:
         """The same facts as ``exc``, as an ``Exception``."""
-        return cls(
-            exc.dimension,
-            limit=exc.limit,
-            used=exc.used,
-            requested=exc.requested,
-            scope=exc.scope,
-            scope_id=exc.scope_id,
-            usage=exc.usage,
-            message=exc.message,
-        )
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild_error, (self.as_dict(), self.usage))
-
-
-def _rebuild_error(data: dict[str, Any], usage: dict[str, Any]) -> BudgetExceededError:
-    facts = {k: v for k, v in data.items() if k != "dimension"}
-    return BudgetExceededError(data["dimension"], usage=usage, **facts)
+        error = _rebuild_exceeded(exc.as_dict(), exc.usage, cls)
+        assert isinstance(error, cls)
+        return error
 
 
 @dataclass(frozen=True, slots=True)
