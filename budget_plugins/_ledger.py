@@ -223,7 +223,7 @@ class _ScopeState:
         self.previous: tuple[str, dict[str, int]] | None = None
 
     def unhold(self, amounts: Mapping[str, int]) -> None:
-        _add(self.held, amounts, -1)
+        add_amounts(self.held, amounts, -1)
         if not self.held:
             self.held = {}  # a dict never shrinks: an idle scope keeps an empty one
 
@@ -254,7 +254,7 @@ class _Hold:
         self.expires_at = expires_at
 
 
-def _add(target: dict[str, int], amounts: Mapping[str, int], sign: int = 1) -> None:
+def add_amounts(target: dict[str, int], amounts: Mapping[str, int], sign: int = 1) -> None:
     for dimension, amount in amounts.items():
         if amount:
             value = target.get(dimension, 0) + sign * amount
@@ -401,7 +401,7 @@ class InMemoryLedger:
                 continue
             used = state.used_in(bucket)
             if used is not None:
-                _add(used, actual)
+                add_amounts(used, actual)
 
     def _commit_locked(self, rid: str, scopes: Sequence[Scope], actual: Mapping[str, int], now: float) -> Settlement:
         actual = validate_amounts(actual, "commit")
@@ -426,7 +426,7 @@ class InMemoryLedger:
         else:
             unique = list({scope.key: scope for scope in scopes}.values())
             for scope in unique:
-                _add(self._state(scope, now).used, actual)
+                add_amounts(self._state(scope, now).used, actual)
         status: SettleStatus = "expired" if previous is not None else "unknown"
         self._remember(rid, now, ("committed", None))
         return Settlement(rid, status, dict(actual), self._views(scopes, now))
@@ -470,7 +470,7 @@ class InMemoryLedger:
                 return Grant(reservation_id, False, denial, self._views(scopes, now))
             expires_at = now + lease_seconds
             for state in states:
-                _add(state.held, amounts)
+                add_amounts(state.held, amounts)
             self._holds[reservation_id] = _Hold(
                 tuple(s.key for s in unique), tuple(s.bucket for s in states), amounts, expires_at
             )

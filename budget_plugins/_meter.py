@@ -16,13 +16,15 @@ import atexit
 import contextvars
 import logging
 import math
+import os
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 from budget_plugins._decide import (
@@ -32,6 +34,7 @@ from budget_plugins._decide import (
     check_run_local,
     classify,
     effective_limits,
+    find_denial,
     pressure,
 )
 from budget_plugins._errors import COST_DIMENSION, BudgetConfigError, BudgetExceeded, format_amount
@@ -43,7 +46,9 @@ from budget_plugins._ledger import (
     InMemoryLedger,
     Ledger,
     Scope,
+    ScopeKey,
     Settlement,
+    add_amounts,
 )
 from budget_plugins._policy import Budget, Ceiling, micros_to_usd
 from budget_plugins._pricing import price_tokens
@@ -97,13 +102,12 @@ class _Step:
     """A reservation between its in-process part and the shared ledger's answer."""
 
     rid: str
-    scopes: list[Scope]
     settle: list[tuple[str, dict[str, int]]]
-    held: Grant | None
+    denial: Denial | None
+    views: list[ScopeUsage]
     local: bool
     ask_ledger: bool
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
+    enforce: bool
 
 
 @dataclass(slots=True)
@@ -118,7 +122,69 @@ class Ticket:
     call_id: str | None = None
     parent_call_id: str | None = None
     settled: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    local: bool = False
+    """Held only in process (no shared scope limits it): its usage reaches the ledger later."""
+
+
+class _RunCounters:
+    """An exclusive run scope's counters, kept in this process.
+
+    Only this process writes the scope, so a hold needs no reservation id, lease
+    or tombstone: it is the request's amounts, and the ticket settles it once.
+    """
+
+    __slots__ = ("held", "lock", "used")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.used: dict[str, int] = {}
+        self.held: dict[str, int] = {}
+
+    def hold(self, scope: Scope, amounts: Mapping[str, int], enforce: bool) -> tuple[Denial | None, ScopeUsage]:
+        """Hold ``amounts`` unless a limit refuses (and ``enforce``); the denial and the view after."""
+        with self.lock:
+            found = find_denial(scope.limits, self.used, self.held, amounts)
+            denial = None if found is None else Denial(*found, scope.kind, scope.id)
+            if denial is None or not enforce:
+                add_amounts(self.held, amounts)
+            return denial, ScopeUsage(scope.label, dict(self.used), dict(self.held), scope.limits)
+
+    def settle(self, held: Mapping[str, int], actual: Mapping[str, int]) -> None:
+        with self.lock:
+            add_amounts(self.held, held, -1)
+            add_amounts(self.used, actual)
+
+    def release(self, held: Mapping[str, int]) -> None:
+        with self.lock:
+            add_amounts(self.held, held, -1)
+
+    def add(self, actual: Mapping[str, int]) -> None:
+        with self.lock:
+            add_amounts(self.used, actual)
+
+    def view(self, scope: Scope) -> ScopeUsage:
+        with self.lock:
+            return ScopeUsage(scope.label, dict(self.used), dict(self.held), scope.limits)
+
+
+_LIMITS: dict[int, tuple[Budget, Mapping[str, int], Mapping[str, int]]] = {}
+
+
+def _budget_limits(budget: Budget) -> tuple[Mapping[str, int], Mapping[str, int]]:
+    """A budget's run-scope limits (final, ordinary), computed once per frozen budget and shared."""
+    hit = _LIMITS.get(id(budget))
+    if hit is not None and hit[0] is budget:
+        return hit[1], hit[2]
+    final = MappingProxyType(budget.counter_limits())
+    ordinary = (
+        final
+        if budget.finalization_reserve == 0
+        else MappingProxyType(effective_limits(final, budget.finalization_reserve, final=False))
+    )
+    if len(_LIMITS) >= 512:
+        _LIMITS.clear()
+    _LIMITS[id(budget)] = (budget, final, ordinary)  # the reference keeps the id from being reused
+    return final, ordinary
 
 
 class Meter:
@@ -166,7 +232,6 @@ class Meter:
     __slots__ = (
         "__weakref__",
         "_aledger",
-        "_ceiling_scopes",
         "_clock",
         "_cost_limited",
         "_failures",
@@ -174,10 +239,12 @@ class Meter:
         "_input_floor",
         "_local",
         "_lock",
+        "_owners",
         "_pending",
         "_run_scope",
         "_run_unsynced",
         "_run_written",
+        "_scopes",
         "_shadow",
         "_shared_dims",
         "_signalled",
@@ -281,35 +348,50 @@ class Meter:
         self.level: Action = "allow"
         self.exhausted: BudgetExceeded | None = None
         self.spent_micros = 0
-        run_limits = {**budget.counter_limits(), **(extra_limits or {})}
-        self.run_limits: Mapping[str, int] = run_limits
-        self._final_scope = Scope("run", self.run_id, tenant or "", workflow or "", run_limits)
+        final_limits, run_limits = _budget_limits(budget)
+        if extra_limits:
+            final_limits = {**final_limits, **extra_limits}
+            run_limits = effective_limits(final_limits, budget.finalization_reserve, final=False)
+        self.run_limits: Mapping[str, int] = final_limits
+        self._final_scope = Scope("run", self.run_id, tenant or "", workflow or "", final_limits)
         self._run_scope = (
             self._final_scope
-            if budget.finalization_reserve == 0
-            else Scope(
-                "run",
-                self.run_id,
-                tenant or "",
-                workflow or "",
-                effective_limits(run_limits, budget.finalization_reserve, final=False),
-            )
+            if run_limits is final_limits
+            else Scope("run", self.run_id, tenant or "", workflow or "", run_limits)
         )
-        self._ceiling_scopes = [self._ceiling_scope(c) for c in ceilings]
-        # Exclusive run scope on a remote ledger: checked in process (an in-memory
-        # ledger of its own); requests that no shared scope (ceiling, parent)
-        # limits skip the shared ledger and are recorded there later, in one entry.
+        # An exclusive run scope is enforced in process (counters of its own); so
+        # are the run scopes of enclosing meters that are exclusive. The ledger holds
+        # the other scopes, and records the run scopes later (see flush).
         own = run_id is None if exclusive is None else exclusive
-        self._local: InMemoryLedger | None = None
+        self._local: _RunCounters | None = _RunCounters() if own else None
         self._unsynced: dict[str, int] | None = None
         self._run_unsynced: dict[str, int] | None = None
         self._run_written = float("-inf")
+        ceiling_scopes = [self._ceiling_scope(c) for c in ceilings]
+        inherited: tuple[list[Scope], list[Scope]] = ([], [])
+        owners: list[Meter] = [self] if own else []
+        if parent is not None:
+            owners += parent._owners
+            inherited = (list(parent._scopes[0]), list(parent._scopes[1]))
+        self._owners: tuple[Meter, ...] = tuple(owners)
+        local_keys = {owner._final_scope.key for owner in owners}
+        scopes: list[tuple[Scope, ...]] = []
+        ledger_scopes: list[tuple[Scope, ...]] = []
+        for first, above in ((self._run_scope, inherited[0]), (self._final_scope, inherited[1])):
+            mine = [first, *ceiling_scopes]
+            keys = {scope.key for scope in mine}
+            every = (*mine, *(scope for scope in above if scope.key not in keys))
+            if scopes and len(every) == len(scopes[0]) and all(a is b for a, b in zip(every, scopes[0], strict=True)):
+                every = scopes[0]  # no finalization reserve: one tuple for both (an idle scope stays small)
+            scopes.append(every)
+            shared = tuple(scope for scope in every if scope.key not in local_keys)
+            ledger_scopes.append(ledger_scopes[0] if ledger_scopes and shared == ledger_scopes[0] else shared)
+        # every scope, every scope of a final call, the ledger's, the ledger's of a final call
+        self._scopes: tuple[tuple[Scope, ...], ...] = (scopes[0], scopes[1], ledger_scopes[0], ledger_scopes[1])
         self._shared_dims: frozenset[str] = (
-            frozenset(d for sc in self.scopes(final=True)[1:] for d in sc.limits) or _NO_DIMENSIONS
+            frozenset(dim for scope in ledger_scopes[1] for dim in scope.limits) or _NO_DIMENSIONS
         )
-        if own and self.defer_commits:
-            self._local = InMemoryLedger(run_ttl_seconds=None)
-        all_limits = [dim for scope in self.scopes(final=True) for dim in scope.limits]
+        all_limits = [dim for scope in scopes[1] for dim in scope.limits]
         self._cost_limited = COST_DIMENSION in all_limits
         self.needs_prompt_estimate = self._cost_limited or any(dim in _TOKEN_DIMENSIONS for dim in all_limits)
 
@@ -342,12 +424,8 @@ class Meter:
     # -- scopes and views -------------------------------------------------------
 
     def scopes(self, *, final: bool = False) -> list[Scope]:
-        """The scopes a reservation is held in: the run's, its parents', then the ceilings."""
-        own = [self._final_scope if final else self._run_scope, *self._ceiling_scopes]
-        if self.parent is None:
-            return own
-        keys = {scope.key for scope in own}
-        return own + [scope for scope in self.parent.scopes(final=final) if scope.key not in keys]
+        """The scopes a reservation is held in: the run's, its ceilings, then its parents'."""
+        return list(self._scopes[1 if final else 0])
 
     def check(self, request: Request) -> None:
         """Run only the run-local checks (time, depth, fan-out, failures); raise if refused.
@@ -371,14 +449,20 @@ class Meter:
         return self._aledger
 
     def usage(self) -> ScopeUsage:
-        """The run scope's used/held counters (in process for an exclusive run scope on a remote ledger)."""
+        """The run scope's used/held counters (in process for an exclusive run scope)."""
         self.flush()
         if self._local is not None:
-            return self._local.snapshot(self._final_scope)
+            return self._local.view(self._final_scope)
         return self.ledger.snapshot(self._final_scope)
 
-    def _run_view(self) -> list[ScopeUsage]:
-        return [self._local.snapshot(self._final_scope)] if self._local is not None else []
+    def _local_views(self, final: bool = False) -> dict[ScopeKey, ScopeUsage]:
+        """Views of the run scopes enforced in process, by scope key."""
+        views = {}
+        for owner in self._owners:
+            assert owner._local is not None
+            scope = owner._final_scope if final else owner._run_scope
+            views[scope.key] = owner._local.view(scope)
+        return views
 
     @property
     def elapsed(self) -> float:
@@ -392,27 +476,26 @@ class Meter:
 
     # -- the shared preparation and interpretation ------------------------------
 
-    def _ledger_scopes(self, *, final: bool = False) -> list[Scope]:
+    def _ledger_scopes(self, *, final: bool = False) -> tuple[Scope, ...]:
         """The scopes a shared-ledger request is held in.
 
-        An exclusive run scope is not among them: it is enforced in process and
-        its usage is written to the ledger in one entry when the run is flushed
-        (a third less work per call for the ledger).
+        The run scopes enforced in process are not among them: their usage is
+        written to the ledger in one entry when the run is flushed.
         """
-        scopes = self.scopes(final=final)
-        return scopes[1:] if self._local is not None else scopes
+        return self._scopes[3 if final else 2]
 
     def _is_local(self, request: Request) -> bool:
-        return self._local is not None and not any(
-            amount and dim in self._shared_dims for dim, amount in request.amounts.items()
-        )
+        if self._local is None:
+            return False  # the run scope itself is in the ledger
+        shared = self._shared_dims
+        return not any(amount and dim in shared for dim, amount in request.amounts.items())
 
     def _take_pending(self) -> list[tuple[str, dict[str, int]]]:
         """Deferred settlements for the shared scopes, in-process usage as one entry (lock held)."""
         pending, self._pending = self._pending or [], None
         if self._unsynced:
-            pending.append((uuid.uuid4().hex, self._unsynced))
-            self._for_run_scope(self._unsynced)
+            if self._scopes[2]:
+                pending.append((_new_id(), self._unsynced))
             self._unsynced = None
         return pending
 
@@ -424,118 +507,132 @@ class Meter:
         self._run_unsynced = unrecorded
 
     def _take_run_entry(self, force: bool) -> tuple[str, list[Scope], dict[str, int]] | None:
+        interval = RUN_WRITE_INTERVAL if getattr(self.ledger, "remote", False) else 0.0
         with self._lock:
             now = self._clock()
-            if not self._run_unsynced or (not force and now - self._run_written < RUN_WRITE_INTERVAL):
+            if not self._run_unsynced or (not force and now - self._run_written < interval):
                 if self._run_unsynced:
                     _unwritten.add(self)  # written at the latest when the interpreter exits
                 return None
             amounts, self._run_unsynced, self._run_written = self._run_unsynced, None, now
         _unwritten.discard(self)
-        return uuid.uuid4().hex, self.scopes(final=True)[:1], amounts
+        return _new_id(), [self._final_scope], amounts
 
-    def _hold_locally(self, rid: str, request: Request) -> Grant | None:
-        if self._local is None:
-            return None
-        run = self.scopes(final=request.final)[:1]
-        return self._local.reserve(
-            rid, run, request.amounts, lease_seconds=self.lease_seconds, enforce=self.budget.mode == "enforce"
-        )
+    def _hold_locally(self, request: Request, enforce: bool) -> tuple[Denial | None, bool, list[ScopeUsage]]:
+        """Hold in every run scope enforced in process: the first denial, granted, the views."""
+        denial: Denial | None = None
+        views: list[ScopeUsage] = []
+        for index, owner in enumerate(self._owners):
+            assert owner._local is not None
+            found, view = owner._local.hold(
+                owner._final_scope if request.final else owner._run_scope, request.amounts, enforce
+            )
+            views.append(view)
+            if found is not None and denial is None:
+                denial = found
+                if enforce:
+                    for held in self._owners[:index]:
+                        assert held._local is not None
+                        held._local.release(request.amounts)
+                    return denial, False, views
+        return denial, True, views
 
-    def _merge(self, local: Grant | None, shared: Grant | None, rid: str) -> Grant:
-        """One grant from the in-process run-scope grant and the shared ledger's."""
-        if local is None:
-            assert shared is not None
-            return shared
-        if shared is None:
-            return local
-        denial = local.denial or shared.denial
-        return Grant(rid, local.granted and shared.granted, denial, (local.usage[0], *shared.usage[1:]))
-
-    def _begin(self, request: Request) -> _Step:
+    def _begin(self, request: Request, *, observed: bool = False) -> _Step:
         """Everything a reservation does before the shared ledger is asked (both doors)."""
         local = self._is_local(request)
-        rid, scopes, settle = self._prepare(request, take_pending=not local)
-        held = self._hold_locally(rid, request)
-        return _Step(
-            rid,
-            scopes,
-            settle,
-            held,
-            local,
-            ask_ledger=not local and (held is None or held.granted),
-            args=(rid, self._ledger_scopes(final=request.final), request.amounts),
-            kwargs={
-                "lease_seconds": self.lease_seconds,
-                "enforce": self.budget.mode == "enforce",
-                "settle": settle,
-            },
-        )
+        settle = self._prepare(request, take_pending=not local, observed=observed)
+        enforce = not observed and self.budget.mode == "enforce"
+        denial, granted, views = self._hold_locally(request, enforce) if self._owners else (None, True, [])
+        if not granted:
+            self._requeue(settle)
+        return _Step(_new_id(), settle, denial, views, local, not local and granted, enforce)
+
+    def _ask(self, step: _Step, request: Request) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The shared ledger's reserve arguments."""
+        return (step.rid, self._ledger_scopes(final=request.final), request.amounts), {
+            "lease_seconds": self.lease_seconds,
+            "enforce": step.enforce,
+            "settle": step.settle,
+        }
 
     def _undo(self, step: _Step, request: Request) -> None:
         """The shared ledger failed: keep the settlements for later, give the local hold back."""
         self._requeue(step.settle)
-        self._release_locally(step.rid, request)
+        self._release_locally(request)
 
-    def _end(self, step: _Step, request: Request, shared: Grant | None, meta: dict[str, Any]) -> Ticket:
-        if shared is not None and not shared.granted:
-            self._release_locally(step.rid, request)
-        grant = self._merge(step.held, shared, step.rid)
-        return self._interpret(grant, request, step.scopes, local=step.local, **meta)
+    def _end(
+        self, step: _Step, request: Request, shared: Grant | None, meta: dict[str, Any], *, observed: bool = False
+    ) -> Ticket:
+        granted, denial = step.denial is None or not step.enforce, step.denial
+        usage: Sequence[ScopeUsage] = step.views
+        if shared is not None:
+            if not shared.granted:
+                self._release_locally(request)
+            granted, denial = granted and shared.granted, denial or shared.denial
+            usage = self._align(step.views, shared.usage, request.final)
+        if denial is not None and not observed:
+            # Raises when enforcing; in shadow mode the hold was made and this only records.
+            self._refuse(Decision.deny(denial), request, usage)
+        ticket = self._interpret(usage, request, **meta)
+        ticket.reservation_id = step.rid
+        ticket.local = step.local
+        return ticket
+
+    def _align(self, local: Sequence[ScopeUsage], shared: Sequence[ScopeUsage], final: bool) -> Sequence[ScopeUsage]:
+        """Views in the order of :meth:`scopes`, from the in-process and the ledger's parts."""
+        if not local:
+            return shared
+        every, in_ledger = self._scopes[1 if final else 0], self._scopes[3 if final else 2]
+        by_key = {scope.key: view for scope, view in zip(in_ledger, shared, strict=False)}
+        views = iter(local)
+        return [by_key[scope.key] if scope.key in by_key else next(views) for scope in every]
 
     def _prepare(
-        self, request: Request, *, take_pending: bool = True
-    ) -> tuple[str, list[Scope], list[tuple[str, dict[str, int]]]]:
+        self, request: Request, *, take_pending: bool = True, observed: bool = False
+    ) -> list[tuple[str, dict[str, int]]]:
         with self._lock:
             now = self._clock()
             if self._started_at is None:
                 self._started_at = now
             started, failures = self._started_at, self._failures
             settle = self._take_pending() if take_pending else []
+        if observed:
+            return settle
         local = check_run_local(self.budget, request, started_at=started, now=now, consecutive_failures=failures)
         if local is not None:
             if settle:
                 self._requeue(settle)
             self._refuse(Decision.deny(local), request)
-        return uuid.uuid4().hex, self.scopes(final=request.final), settle
+        return settle
 
     def _requeue(self, settle: list[tuple[str, dict[str, int]]]) -> None:
         with self._lock:
             self._pending = [*settle, *(self._pending or [])]
 
-    def _interpret(
-        self,
-        grant: Grant,
-        request: Request,
-        scopes: Sequence[Scope],
-        *,
-        observed: bool = False,
-        local: bool = False,
-        **meta: Any,
-    ) -> Ticket:
-        if grant.denial is not None and not observed:
-            # Raises when enforcing; in shadow mode the hold was made and this only records.
-            self._refuse(Decision.deny(grant.denial), request, grant.usage)
+    def _interpret(self, usage: Sequence[ScopeUsage], request: Request, **meta: Any) -> Ticket:
+        """Warn/degrade from the views after a granted reservation; the ticket."""
         action: Action = "allow"
         fraction, dimension, limit, in_use, scope_kind, scope_id = 0.0, None, None, None, "run", None
-        for scope, view in zip(scopes, grant.usage, strict=False):
+        for scope, view in zip(self._scopes[1 if request.final else 0], usage, strict=False):
             share, dim = pressure(scope.limits, view.used, view.held)
             if dim is not None and share > fraction:
                 fraction, dimension = share, dim
                 limit, in_use = scope.limits[dim], view.in_use(dim)
                 scope_kind, scope_id = scope.kind, scope.id
-        if dimension is not None:
+        if dimension is None:
+            decision = _ALLOW
+        else:
             action = classify(self.budget, fraction)
-        decision = Decision(
-            action,
-            dimension,
-            limit,
-            in_use,
-            request.amounts.get(dimension or "", 0),
-            scope_kind,
-            scope_id,
-            fraction,
-        )
+            decision = Decision(
+                action,
+                dimension,
+                limit,
+                in_use,
+                request.amounts.get(dimension, 0),
+                scope_kind,
+                scope_id,
+                fraction,
+            )
         if action == "degrade" and self.budget.warn_at is not None:
             # A jump straight past the warning threshold still warns first.
             self._signal(replace(decision, action="warn"), request)
@@ -543,10 +640,7 @@ class Meter:
             self._signal(decision, request)
         if request.kind == "model_call":
             meta.setdefault("model", request.name)
-        ticket = Ticket(grant.reservation_id, request, decision, **meta)
-        if local:
-            ticket.extra["local"] = True
-        return ticket
+        return Ticket("", request, decision, **meta)
 
     def _signal(self, decision: Decision, request: Request) -> None:
         key = (decision.action, decision.dimension or "")
@@ -664,7 +758,7 @@ class Meter:
             return  # nobody listens: build no events on the hot path
         views = settlement.usage if settlement is not None else ()
         costs: dict[str, Decimal] = {}
-        for scope, view in zip(self.scopes(), views, strict=False):
+        for scope, view in zip(self._ledger_scopes(final=ticket.request.final), views, strict=False):
             costs.setdefault(scope.kind, view.cost_usd)
         if overage and settlement is not None:
             dim = next(iter(settlement.overage))
@@ -721,19 +815,24 @@ class Meter:
         ``meta`` (``model``, ``node``, ``call_id``, ``parent_call_id``) is kept on
         the ticket for attribution.
         """
-        step = self._begin(request)
+        return self._reserve(request, meta)
+
+    def _reserve(self, request: Request, meta: dict[str, Any], *, observed: bool = False) -> Ticket:
+        step = self._begin(request, observed=observed)
         shared = None
         if step.ask_ledger:
+            args, kwargs = self._ask(step, request)
             try:
-                shared = self.ledger.reserve(*step.args, **step.kwargs)
+                shared = self.ledger.reserve(*args, **kwargs)
             except BaseException:
                 self._undo(step, request)
                 raise
-        return self._end(step, request, shared, meta)
+        return self._end(step, request, shared, meta, observed=observed)
 
-    def _release_locally(self, rid: str, request: Request) -> None:
-        if self._local is not None:
-            self._local.release(rid, self.scopes(final=request.final)[:1])
+    def _release_locally(self, request: Request) -> None:
+        for owner in self._owners:
+            assert owner._local is not None
+            owner._local.release(request.amounts)
 
     def _route_settlement(
         self, ticket: Ticket, usage: TokenUsage | None, failed: bool
@@ -750,14 +849,23 @@ class Meter:
         return amounts, usage, cost, True
 
     def _settle_locally(self, ticket: Ticket, amounts: dict[str, int]) -> bool:
-        """Settle the in-process hold; True when the ledger must still learn of it later."""
-        if self._local is None:
+        """Settle the in-process holds; True when the ledger must still learn of it later."""
+        held = ticket.request.amounts
+        for owner in self._owners:
+            assert owner._local is not None
+            owner._local.settle(held, amounts)
+            if owner is not self:
+                with owner._lock:
+                    owner._for_run_scope(amounts)
+        if not self._owners:
             return False
-        self._local.commit(ticket.reservation_id, self.scopes(final=ticket.request.final)[:1], amounts)
         with self._lock:
-            if not ticket.extra.get("local"):
-                self._for_run_scope(amounts)  # the shared ledger records it in the other scopes
-                return False
+            if self._local is not None:
+                self._for_run_scope(amounts)
+            if not ticket.local:
+                return False  # the shared ledger records it in the other scopes
+            if not self._scopes[2]:
+                return True  # no shared scope: only the run scope's copy records it
             unsynced = self._unsynced or {}
             for dim, amount in amounts.items():
                 unsynced[dim] = unsynced.get(dim, 0) + amount
@@ -781,15 +889,19 @@ class Meter:
         self._after_settle(ticket, settlement, usage, cost)
         return settlement
 
-    def release(self, ticket: Ticket, *, failed: bool = True) -> None:
-        """Give a ticket's hold back (the call did not happen or failed before using anything)."""
+    def _release_ticket(self, ticket: Ticket, failed: bool) -> bool:
+        """Give the in-process holds back (both doors); True when the ledger holds it too."""
         if ticket.settled:
-            return
+            return False
         ticket.settled = True
         with self._lock:
             self._failures = self._failures + 1 if failed else self._failures
-        self._release_locally(ticket.reservation_id, ticket.request)
-        if not ticket.extra.get("local"):
+        self._release_locally(ticket.request)
+        return not ticket.local
+
+    def release(self, ticket: Ticket, *, failed: bool = True) -> None:
+        """Give a ticket's hold back (the call did not happen or failed before using anything)."""
+        if self._release_ticket(ticket, failed):
             self.ledger.release(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final))
 
     def flush(self, *, force: bool = True) -> None:
@@ -798,7 +910,8 @@ class Meter:
         Args:
             force: Also write an exclusive run scope's copy in the ledger now; when
                 False (what adapters do when a run ends) it is written at most once
-                every ``RUN_WRITE_INTERVAL`` seconds, and at interpreter exit.
+                every ``RUN_WRITE_INTERVAL`` seconds to a remote ledger, and at
+                interpreter exit.
         """
         with self._lock:
             pending = self._take_pending()
@@ -810,13 +923,6 @@ class Meter:
             self.ledger.commit(*entry)
 
     # -- observation door: what already happened, and what is used up ---------------
-
-    def _prepare_observed(self, request: Request) -> tuple[str, list[Scope], list[tuple[str, dict[str, int]]]]:
-        with self._lock:
-            if self._started_at is None:
-                self._started_at = self._clock()
-            settle = self._take_pending()
-        return uuid.uuid4().hex, self.scopes(final=request.final), settle
 
     def record(self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any) -> Ticket:
         """Account for a call that already happened, seen after the fact.
@@ -833,20 +939,7 @@ class Meter:
             >>> m.usage().used["tool_calls"], m.reached(["tool_calls"]).used
             (2, 2)
         """
-        rid, scopes, settle = self._prepare_observed(request)
-        try:
-            grant = self.ledger.reserve(
-                rid,
-                self._ledger_scopes(final=request.final),
-                request.amounts,
-                lease_seconds=self.lease_seconds,
-                enforce=False,
-                settle=settle,
-            )
-        except BaseException:
-            self._requeue(settle)
-            raise
-        ticket = self._interpret(grant, request, scopes, observed=True, **meta)
+        ticket = self._reserve(request, meta, observed=True)
         self.commit(ticket, usage, failed=failed)
         return ticket
 
@@ -877,8 +970,8 @@ class Meter:
             Reached the model_calls limit of 1 (used=1) in run scope
         """
         self.flush()
-        local = self._run_view()
-        views = local + [self.ledger.snapshot(scope) for scope in self.scopes()[len(local) :]]
+        local = self._local_views()
+        views = [local.get(scope.key) or self.ledger.snapshot(scope) for scope in self._scopes[0]]
         return self._reached(views, dimensions)
 
     def _reached(self, views: Sequence[ScopeUsage], dimensions: Iterable[str] | None) -> BudgetExceeded | None:
@@ -919,42 +1012,33 @@ class Meter:
 
     async def areserve(self, request: Request, **meta: Any) -> Ticket:
         """Async twin of :meth:`reserve`."""
-        step = self._begin(request)
+        return await self._areserve(request, meta)
+
+    async def _areserve(self, request: Request, meta: dict[str, Any], *, observed: bool = False) -> Ticket:
+        step = self._begin(request, observed=observed)
         shared = None
         if step.ask_ledger:
+            args, kwargs = self._ask(step, request)
             try:
-                shared = await self.aledger.reserve(*step.args, **step.kwargs)
+                shared = await self.aledger.reserve(*args, **kwargs)
             except BaseException:
                 self._undo(step, request)
                 raise
-        return self._end(step, request, shared, meta)
+        return self._end(step, request, shared, meta, observed=observed)
 
     async def arecord(
         self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any
     ) -> Ticket:
         """Async twin of :meth:`record`."""
-        rid, scopes, settle = self._prepare_observed(request)
-        try:
-            grant = await self.aledger.reserve(
-                rid,
-                self._ledger_scopes(final=request.final),
-                request.amounts,
-                lease_seconds=self.lease_seconds,
-                enforce=False,
-                settle=settle,
-            )
-        except BaseException:
-            self._requeue(settle)
-            raise
-        ticket = self._interpret(grant, request, scopes, observed=True, **meta)
+        ticket = await self._areserve(request, meta, observed=True)
         await self.acommit(ticket, usage, failed=failed)
         return ticket
 
     async def areached(self, dimensions: Iterable[str] | None = None) -> BudgetExceeded | None:
         """Async twin of :meth:`reached`."""
         await self.aflush()
-        local = self._run_view()
-        views = local + [await self.aledger.snapshot(scope) for scope in self.scopes()[len(local) :]]
+        local = self._local_views()
+        views = [local.get(scope.key) or await self.aledger.snapshot(scope) for scope in self._scopes[0]]
         return self._reached(views, dimensions)
 
     async def aflush(self, *, force: bool = True) -> None:
@@ -986,13 +1070,7 @@ class Meter:
 
     async def arelease(self, ticket: Ticket, *, failed: bool = True) -> None:
         """Async twin of :meth:`release`."""
-        if ticket.settled:
-            return
-        ticket.settled = True
-        with self._lock:
-            self._failures = self._failures + 1 if failed else self._failures
-        self._release_locally(ticket.reservation_id, ticket.request)
-        if not ticket.extra.get("local"):
+        if self._release_ticket(ticket, failed):
             await self.aledger.release(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final))
 
     # -- conveniences used by the adapters -------------------------------------
@@ -1116,12 +1194,20 @@ class Meter:
             "level": self.level,
             "used": view.used,
             "held": view.held,
-            "limits": self.run_limits,
+            "limits": dict(self.run_limits),
             "cost_usd": str(micros_to_usd(view.used.get(COST_DIMENSION, 0))),
             "elapsed_seconds": round(self.elapsed, 3),
             "exhausted": self.exhausted.as_dict() if self.exhausted else None,
             "shadow_denials": dict(self.shadow_denials),
         }
+
+
+_ALLOW = Decision("allow")
+
+
+def _new_id() -> str:
+    """A random reservation id (idempotency key)."""
+    return os.urandom(16).hex()
 
 
 def estimate_tokens(text: str) -> int:

@@ -145,7 +145,7 @@ class ScopeUsage:
     scope_id: str
     used: dict[str, int] = field(default_factory=dict)
     held: dict[str, int] = field(default_factory=dict)
-    limits: dict[str, int] = field(default_factory=dict)
+    limits: Mapping[str, int] = field(default_factory=dict)
 
     def in_use(self, dimension: str) -> int:
         """Used plus held."""

@@ -837,8 +837,9 @@ def test_async_twin_works_across_event_loops_and_fails_closed(disposable_redis: 
 
     async def reserve_all(prefix: str) -> int:
         grants = await asyncio.gather(*(aledger.reserve(f"{prefix}{i}", [scope], {"tool_calls": 1}) for i in range(4)))
-        if grants[0].granted:
-            await aledger.commit(f"{prefix}0", [scope], {"tool_calls": 1})
+        first = next((g for g in grants if g.granted), None)  # gather runs them in no fixed order
+        if first is not None:
+            await aledger.commit(first.reservation_id, [scope], {"tool_calls": 1})
         return sum(g.granted for g in grants)
 
     assert asyncio.run(reserve_all("a")) == 3
