@@ -171,9 +171,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                 self._runs = {}  # a dict never shrinks: an idle handler keeps a small one
         # Remote ledgers settle a call together with the next reservation; when the
         # outermost run ends there is no next one, so settle now: usage is never left
-        # to expire with its lease.
-        if self.meter.defer_commits:
-            self.meter.flush(force=False)
+        # to expire with its lease. The run scope's copy in the ledger is written too.
+        self.meter.flush(force=False)
 
     @contextlib.contextmanager
     def _forget_on_refusal(self, run_id: UUID) -> Iterator[None]:

@@ -135,8 +135,8 @@ class _RunCounters:
 
     __slots__ = ("held", "lock", "used")
 
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
+    def __init__(self, lock: threading.Lock) -> None:
+        self.lock = lock  # the owning meter's
         self.used: dict[str, int] = {}
         self.held: dict[str, int] = {}
 
@@ -151,12 +151,17 @@ class _RunCounters:
 
     def settle(self, held: Mapping[str, int], actual: Mapping[str, int]) -> None:
         with self.lock:
-            add_amounts(self.held, held, -1)
+            self._unhold(held)
             add_amounts(self.used, actual)
 
     def release(self, held: Mapping[str, int]) -> None:
         with self.lock:
-            add_amounts(self.held, held, -1)
+            self._unhold(held)
+
+    def _unhold(self, held: Mapping[str, int]) -> None:
+        add_amounts(self.held, held, -1)
+        if not self.held:
+            self.held = {}  # a dict never shrinks: an idle scope keeps an empty one
 
     def add(self, actual: Mapping[str, int]) -> None:
         with self.lock:
@@ -237,10 +242,12 @@ class Meter:
         "_failures",
         "_final_scope",
         "_input_floor",
+        "_ledger",
         "_local",
         "_lock",
         "_owners",
         "_pending",
+        "_remote",
         "_run_scope",
         "_run_unsynced",
         "_run_written",
@@ -256,7 +263,6 @@ class Meter:
         "exhausted",
         "hooks",
         "lease_seconds",
-        "ledger",
         "level",
         "needs_prompt_estimate",
         "parent",
@@ -326,7 +332,9 @@ class Meter:
             workflow = workflow if workflow is not None else parent.workflow
             hooks = hooks if hooks is not None else parent.hooks
             ceilings = ceilings or ()
-        self.ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
+        # Without one, a ledger of its own, made when a request first needs it (an
+        # exclusive run scope without ceilings never does: it is counted in process).
+        self._ledger: Ledger | None = ledger
         self._aledger: AsyncLedger | None = None
         self.tenant = tenant
         self.workflow = workflow
@@ -335,14 +343,15 @@ class Meter:
         self.provider = provider
         self.hooks: Sequence[EventHook] = tuple(hooks) if hooks is not None else _DEFAULT_HOOKS
         self.lease_seconds = lease_seconds
-        self.defer_commits = bool(getattr(self.ledger, "remote", False)) if defer_commits is None else defer_commits
+        self._remote = bool(getattr(ledger, "remote", False))
+        self.defer_commits = self._remote if defer_commits is None else defer_commits
         self._clock = clock
         self._lock = threading.Lock()
         self._started_at: float | None = None
         self._failures = 0
         # Created on first use: an idle run scope should cost little memory.
         self._pending: list[tuple[str, dict[str, int]]] | None = None
-        self._input_floor: dict[str, int] | None = None
+        self._input_floor: tuple[str, int] | dict[str, int] | None = None
         self._signalled: set[tuple[str, str]] | None = None
         self._shadow: dict[str, int] | None = None
         self.level: Action = "allow"
@@ -363,7 +372,7 @@ class Meter:
         # are the run scopes of enclosing meters that are exclusive. The ledger holds
         # the other scopes, and records the run scopes later (see flush).
         own = run_id is None if exclusive is None else exclusive
-        self._local: _RunCounters | None = _RunCounters() if own else None
+        self._local: _RunCounters | None = _RunCounters(self._lock) if own else None
         self._unsynced: dict[str, int] | None = None
         self._run_unsynced: dict[str, int] | None = None
         self._run_written = float("-inf")
@@ -442,6 +451,13 @@ class Meter:
             self._refuse(Decision.deny(local), request)
 
     @property
+    def ledger(self) -> Ledger:
+        """Where the shared scopes (and a non-exclusive run scope) are kept."""
+        if self._ledger is None:
+            self._ledger = InMemoryLedger()
+        return self._ledger
+
+    @property
     def aledger(self) -> AsyncLedger:
         """The async twin of the ledger (created on first use)."""
         if self._aledger is None:
@@ -500,17 +516,23 @@ class Meter:
         return pending
 
     def _for_run_scope(self, amounts: Mapping[str, int]) -> None:
-        """Usage the ledger's copy of an exclusive run scope still has to record (lock held)."""
+        """Usage the ledger's copy of an exclusive run scope still has to record (lock held).
+
+        Only a remote ledger keeps a copy, for other processes (``budget_plugins
+        status``); in this process the meter's counters are the run scope
+        (:meth:`usage`, :meth:`report`), and an in-process ledger keeps none.
+        """
+        if not self._remote:
+            return
         unrecorded = self._run_unsynced or {}
         for dim, amount in amounts.items():
             unrecorded[dim] = unrecorded.get(dim, 0) + amount
         self._run_unsynced = unrecorded
 
     def _take_run_entry(self, force: bool) -> tuple[str, list[Scope], dict[str, int]] | None:
-        interval = RUN_WRITE_INTERVAL if getattr(self.ledger, "remote", False) else 0.0
         with self._lock:
             now = self._clock()
-            if not self._run_unsynced or (not force and now - self._run_written < interval):
+            if not self._run_unsynced or (not force and now - self._run_written < RUN_WRITE_INTERVAL):
                 if self._run_unsynced:
                     _unwritten.add(self)  # written at the latest when the interpreter exits
                 return None
@@ -736,8 +758,7 @@ class Meter:
                 )
                 cost = priced.cost_usd
                 with self._lock:
-                    self._input_floor = self._input_floor or {}
-                    self._input_floor[ticket.model or ""] = usage.input_tokens
+                    self._input_floor = _floor_with(self._input_floor, ticket.model or "", usage.input_tokens)
                 amounts.update(
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
@@ -1094,8 +1115,13 @@ class Meter:
         schemas that the provider counts.
         """
         with self._lock:
-            if self._input_floor:
-                input_tokens = max(input_tokens, self._input_floor.get(model or "", 0))
+            floor = self._input_floor
+            if floor is not None:
+                key = model or ""
+                if isinstance(floor, tuple):
+                    input_tokens = max(input_tokens, floor[1]) if floor[0] == key else input_tokens
+                else:
+                    input_tokens = max(input_tokens, floor.get(key, 0))
         output = max_output_tokens or self.budget.default_max_output_tokens
         # Nothing caps cost: no need to price the worst case (the actual cost is still priced at settle).
         cost_micros = (
@@ -1203,6 +1229,17 @@ class Meter:
 
 
 _ALLOW = Decision("allow")
+
+
+def _floor_with(
+    floor: tuple[str, int] | dict[str, int] | None, model: str, tokens: int
+) -> tuple[str, int] | dict[str, int]:
+    """Input floors per model: one pair while a run uses one model (an idle run stays small)."""
+    if floor is None or (isinstance(floor, tuple) and floor[0] == model):
+        return (model, tokens)
+    floors = dict([floor]) if isinstance(floor, tuple) else floor
+    floors[model] = tokens
+    return floors
 
 
 def _new_id() -> str:

@@ -54,11 +54,17 @@ class Recorded:
         return [*self.research, *self.support, *self.writer]
 
 
+class SharedLedger(InMemoryLedger):
+    """Stands in for a Redis ledger that several processes write: run scopes are copied to it."""
+
+    remote = True
+
+
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     path = tmp_path_factory.mktemp("events") / "events.jsonl"
     hook = JsonlHook(path)
-    ledger = InMemoryLedger()
+    ledger = SharedLedger()
     rec = Recorded(path, ledger)
     ceilings = [Ceiling(scope="tenant", max_cost_usd="50", window="month")]
     # acme/research: create_agent loops of 1..20 model calls that finish on their own.

@@ -349,14 +349,22 @@ def test_finalization_reserve_lets_a_marked_final_answer_through() -> None:
 
 
 def test_deferred_commits_are_settled_when_the_root_run_ends() -> None:
-    from budget_plugins import InMemoryLedger
+    from budget_plugins import Ceiling, InMemoryLedger, Scope
 
     ledger = InMemoryLedger()
-    meter = Meter(Budget(max_model_calls=5), ledger=ledger, defer_commits=True, hooks=[])
+    meter = Meter(
+        Budget(max_model_calls=5),
+        ledger=ledger,
+        ceilings=[Ceiling(scope="tenant", max_model_calls=100)],
+        tenant="acme",
+        defer_commits=True,
+        hooks=[],
+    )
     handler = BudgetCallbackHandler(meter=meter)
     create_agent(scripted_model([Turn(tools=[("search", {})]), "done"]), [counting_tool()]).invoke(
         GO, {"callbacks": [handler]}
     )
-    snap = ledger.snapshot(meter.scopes()[0])  # read the ledger directly: no flush on the way
+    snap = ledger.snapshot(Scope("tenant", "acme", tenant="acme"))  # read the ledger directly: no flush on the way
     assert snap.held == {}
     assert snap.used["model_calls"] == 2 and snap.used["tool_calls"] == 1
+    assert meter.usage().used["model_calls"] == 2  # the run scope itself is counted in process
