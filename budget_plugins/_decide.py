@@ -7,7 +7,7 @@ mirrors :func:`find_denial` and is tested against it by the shared contract suit
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -148,15 +148,25 @@ def check_run_local(
     return None
 
 
-def pressure(limits: Mapping[str, int], used: Mapping[str, int], held: Mapping[str, int]) -> tuple[float, str | None]:
-    """The highest share of any limit in use, and its dimension.
+def pressure(
+    limits: Mapping[str, int],
+    used: Mapping[str, int],
+    held: Mapping[str, int],
+    dimensions: Iterable[str] | None = None,
+) -> tuple[float, str | None]:
+    """The highest share of any limit in use (of ``dimensions``, by default all), and its dimension.
 
     Example:
         >>> pressure({"steps": 10, "tool_calls": 4}, {"steps": 5, "tool_calls": 3}, {})
         (0.75, 'tool_calls')
+        >>> pressure({"steps": 10, "tool_calls": 4}, {"steps": 5, "tool_calls": 3}, {}, ["steps"])
+        (0.5, 'steps')
     """
     best, which = 0.0, None
-    for dimension, limit in limits.items():
+    for dimension in limits if dimensions is None else dimensions:
+        limit = limits.get(dimension)
+        if limit is None:
+            continue
         in_use = used.get(dimension, 0) + held.get(dimension, 0)
         share = in_use / limit if limit > 0 else (1.0 if in_use > 0 else 0.0)
         if share > best:

@@ -119,6 +119,8 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         self._runs: dict[UUID, _Run] = {}
         self._tasks: set[str] | None = None
         self._lock = threading.Lock()
+        # (first message, last message, count, tokens) of the latest prompt; see _estimate
+        self._last_prompt: tuple[BaseMessage, BaseMessage, int, int] | None = None
 
     # -- bookkeeping --------------------------------------------------------------
 
@@ -169,6 +171,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         with self._lock:
             if not self._runs:
                 self._runs = {}  # a dict never shrinks: an idle handler keeps a small one
+                self._last_prompt = None  # the next run's prompt is a new one
         # Remote ledgers settle a call together with the next reservation; when the
         # outermost run ends there is no next one, so settle now: usage is never left
         # to expire with its lease. The run scope's copy in the ledger is written too.
@@ -191,6 +194,27 @@ class BudgetCallbackHandler(BaseCallbackHandler):
             if match and int(match.group(1)) > 1:
                 return True
         return False
+
+    def _estimate(self, messages: list[BaseMessage]) -> int:
+        """A prompt's token estimate, incremental over an agent loop's growing history.
+
+        A loop re-sends its history with a few messages more on every call: when
+        the prompt starts with the same message objects as the previous one, only
+        the new ones are estimated (O(1) per call instead of O(history)).
+        """
+        last = self._last_prompt
+        if (
+            last is not None
+            and len(messages) >= last[2]
+            and messages[0] is last[0]
+            and messages[last[2] - 1] is last[1]
+        ):
+            tokens = last[3] + _estimate_messages(messages[last[2] :])
+        else:
+            tokens = _estimate_messages(messages)
+        if messages:
+            self._last_prompt = (messages[0], messages[-1], len(messages), tokens)
+        return tokens
 
     def _in_graph_step(self, metadata: dict[str, Any] | None) -> bool:
         return bool(metadata and metadata.get("langgraph_node"))
@@ -252,7 +276,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         **kwargs: Any,
     ) -> None:
         """Reserve the call's worst case before the provider is called."""
-        prompt = sum(_estimate_messages(m) for m in messages) if self.meter.needs_prompt_estimate else 0
+        prompt = sum(self._estimate(m) for m in messages) if self.meter.needs_prompt_estimate else 0
         self._model_start(prompt, run_id, parent_run_id, tags, metadata, kwargs)
 
     def on_llm_start(
@@ -374,13 +398,14 @@ def _estimate_messages(messages: list[BaseMessage]) -> int:
     Sums content lengths instead of rendering the transcript: an agent loop
     re-sends its whole history on every call.
     """
-    chars = 0
+    tokens = 0
     for message in messages:
         content = message.content
-        chars += len(content) if isinstance(content, str) else len(str(content))
+        chars = len(content) if isinstance(content, str) else len(str(content))
         if isinstance(message, AIMessage) and message.tool_calls:
             chars += sum(len(str(call.get("args", ""))) + len(call.get("name", "")) for call in message.tool_calls)
-    return (chars + 3) // 4 + 4 * len(messages)
+        tokens += (chars + 3) // 4 + 4  # rounded per message: estimates add up (see _estimate)
+    return tokens
 
 
 def _usage_of(response: LLMResult) -> tuple[TokenUsage | None, str | None]:

@@ -140,14 +140,23 @@ class _RunCounters:
         self.used: dict[str, int] = {}
         self.held: dict[str, int] = {}
 
-    def hold(self, scope: Scope, amounts: Mapping[str, int], enforce: bool) -> tuple[Denial | None, ScopeUsage]:
-        """Hold ``amounts`` unless a limit refuses (and ``enforce``); the denial and the view after."""
+    def hold(
+        self, scope: Scope, amounts: Mapping[str, int], enforce: bool, *, charge: bool = False
+    ) -> tuple[Denial | None, ScopeUsage]:
+        """Hold ``amounts`` unless a limit refuses (and ``enforce``); the denial and the view after.
+
+        With ``charge``, the amounts are counted as used at once (nothing to settle).
+        """
         with self.lock:
             found = find_denial(scope.limits, self.used, self.held, amounts)
             denial = None if found is None else Denial(*found, scope.kind, scope.id)
             if denial is None or not enforce:
-                add_amounts(self.held, amounts)
+                add_amounts(self.used if charge else self.held, amounts)
             return denial, ScopeUsage(scope.label, dict(self.used), dict(self.held), scope.limits)
+
+    def uncharge(self, amounts: Mapping[str, int]) -> None:
+        with self.lock:
+            add_amounts(self.used, amounts, -1)
 
     def settle(self, held: Mapping[str, int], actual: Mapping[str, int]) -> None:
         with self.lock:
@@ -540,14 +549,16 @@ class Meter:
         _unwritten.discard(self)
         return _new_id(), [self._final_scope], amounts
 
-    def _hold_locally(self, request: Request, enforce: bool) -> tuple[Denial | None, bool, list[ScopeUsage]]:
+    def _hold_locally(
+        self, request: Request, enforce: bool, *, charge: bool = False
+    ) -> tuple[Denial | None, bool, list[ScopeUsage]]:
         """Hold in every run scope enforced in process: the first denial, granted, the views."""
         denial: Denial | None = None
         views: list[ScopeUsage] = []
         for index, owner in enumerate(self._owners):
             assert owner._local is not None
             found, view = owner._local.hold(
-                owner._final_scope if request.final else owner._run_scope, request.amounts, enforce
+                owner._final_scope if request.final else owner._run_scope, request.amounts, enforce, charge=charge
             )
             views.append(view)
             if found is not None and denial is None:
@@ -555,7 +566,10 @@ class Meter:
                 if enforce:
                     for held in self._owners[:index]:
                         assert held._local is not None
-                        held._local.release(request.amounts)
+                        if charge:
+                            held._local.uncharge(request.amounts)
+                        else:
+                            held._local.release(request.amounts)
                     return denial, False, views
         return denial, True, views
 
@@ -636,7 +650,8 @@ class Meter:
         action: Action = "allow"
         fraction, dimension, limit, in_use, scope_kind, scope_id = 0.0, None, None, None, "run", None
         for scope, view in zip(self._scopes[1 if request.final else 0], usage, strict=False):
-            share, dim = pressure(scope.limits, view.used, view.held)
+            # Only what this request adds can cross a threshold now (settlements are seen by the next one).
+            share, dim = pressure(scope.limits, view.used, view.held, request.amounts)
             if dim is not None and share > fraction:
                 fraction, dimension = share, dim
                 limit, in_use = scope.limits[dim], view.in_use(dim)
@@ -875,15 +890,19 @@ class Meter:
         for owner in self._owners:
             assert owner._local is not None
             owner._local.settle(held, amounts)
-            if owner is not self:
-                with owner._lock:
-                    owner._for_run_scope(amounts)
+        return self._settled_locally(amounts, ticket.local)
+
+    def _settled_locally(self, amounts: dict[str, int], local: bool) -> bool:
+        """Note usage settled in process for the ledger's copies; True when the ledger learns of it later."""
+        for owner in self._owners[1:] if self._local is not None else self._owners:
+            with owner._lock:
+                owner._for_run_scope(amounts)
         if not self._owners:
             return False
         with self._lock:
             if self._local is not None:
                 self._for_run_scope(amounts)
-            if not ticket.local:
+            if not local:
                 return False  # the shared ledger records it in the other scopes
             if not self._scopes[2]:
                 return True  # no shared scope: only the run scope's copy records it
@@ -1197,9 +1216,34 @@ class Meter:
         retry: bool = False,
         extra: Mapping[str, int] | None = None,
     ) -> Ticket:
-        """Reserve and commit one step (steps are counted when they start)."""
-        ticket = self.reserve(Request.step(node, depth=depth, fanout=fanout, retry=retry, extra=extra), node=node)
-        self.commit(ticket)
+        """Count one step (steps are counted when they start)."""
+        return self.count(Request.step(node, depth=depth, fanout=fanout, retry=retry, extra=extra), node=node)
+
+    def count(self, request: Request, **meta: Any) -> Ticket:
+        """Reserve and settle at once a request whose amounts are final when it starts (a step, a retry).
+
+        A request that no shared scope limits is checked and counted in process in
+        one step; others are reserved and committed.
+
+        Example:
+            >>> m = Meter(Budget(max_steps=1), hooks=[])
+            >>> _ = m.count(Request.step("agent"))
+            >>> m.count(Request.step("agent"))
+            Traceback (most recent call last):
+            ...
+            budget_plugins._errors.BudgetExceeded: Exceeded the steps limit of 1 (used=1, requested=1) in run scope
+        """
+        if not self._is_local(request):
+            ticket = self.reserve(request, **meta)
+            self.commit(ticket)
+            return ticket
+        self._prepare(request, take_pending=False)
+        denial, _, views = self._hold_locally(request, self.budget.mode == "enforce", charge=True)
+        if denial is not None:
+            self._refuse(Decision.deny(denial), request, views)  # raises unless in shadow mode
+        ticket = self._interpret(views, request, **meta)
+        ticket.local = ticket.settled = True
+        self._settled_locally({k: v for k, v in request.amounts.items() if v}, True)
         return ticket
 
     def report(self) -> dict[str, Any]:

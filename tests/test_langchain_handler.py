@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from genai_prices import Usage, calc_price
 from langchain.agents import create_agent
-from langchain_core.messages import HumanMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableConfig, RunnableLambda
 
@@ -188,6 +188,22 @@ def test_tokens_and_cost_settle_from_usage_metadata_with_cache_tokens() -> None:
     assert used["input_tokens"] == 27_000 and used["output_tokens"] == 800 and used["total_tokens"] == 27_800
     assert Decimal(handler.report()["cost_usd"]) >= expected  # micro-dollars, rounded up per call
     assert hook.of("settle")[-1].run_cost_usd == Decimal(handler.report()["cost_usd"])
+
+
+def test_prompt_estimate_of_a_growing_history_is_incremental_and_equal_to_a_full_one() -> None:
+    handler, _ = guard(max_total_tokens=10**9)
+    history: list[BaseMessage] = [HumanMessage("find the budget")]
+    for step in range(30):
+        expected = _estimate_messages(history)
+        assert handler._estimate(list(history)) == expected  # a new list each call, as a model node builds it
+        history += [
+            AIMessage("", tool_calls=[{"name": "search", "args": {"q": f"page {step}"}, "id": f"c{step}"}]),
+            ToolMessage(f"result {step} " * step, tool_call_id=f"c{step}"),
+        ]
+    edited = [HumanMessage("a different conversation"), *history[1:]]
+    assert handler._estimate(edited) == _estimate_messages(edited)  # another first message: estimated in full
+    shorter = history[:5]
+    assert handler._estimate(shorter) == _estimate_messages(shorter)
 
 
 def test_cost_limit_refuses_the_call_that_would_break_it() -> None:
