@@ -16,7 +16,18 @@ from autogen_agentchat.conditions import MaxMessageTermination, TextMentionTermi
 from autogen_agentchat.messages import TextMessage, ToolCallExecutionEvent, ToolCallRequestEvent
 from autogen_agentchat.teams import RoundRobinGroupChat
 from autogen_core import FunctionCall
-from autogen_core.models import ChatCompletionClient, CreateResult, ModelInfo, RequestUsage
+from autogen_core.models import (
+    AssistantMessage,
+    ChatCompletionClient,
+    CreateResult,
+    FunctionExecutionResult,
+    FunctionExecutionResultMessage,
+    LLMMessage,
+    ModelInfo,
+    RequestUsage,
+    SystemMessage,
+    UserMessage,
+)
 from autogen_core.tools import FunctionTool
 from autogen_ext.models.replay import ReplayChatCompletionClient
 from genai_prices import Usage, calc_price
@@ -236,6 +247,53 @@ async def test_a_streaming_tool_loop_ends_with_the_stop_result() -> None:
     assert len(requests) == 2 and len(runs) == 2  # (the replay client records only non-streamed calls)
     usage = scope.meter.usage()
     assert usage.used["model_calls"] == 2 and usage.used["output_tokens"] == 40 and usage.held == {}
+
+
+async def estimated_input(client: BudgetedChatCompletionClient, prompt: list[LLMMessage], tools: Any = ()) -> int:
+    """The input tokens the client held for this prompt (its shadow-mode refusal reports them)."""
+    await client.create(prompt, tools=tools)
+    assert client.meter.exhausted is not None and client.meter.exhausted.dimension == "input_tokens"
+    return int(client.meter.exhausted.requested)
+
+
+def estimating_client() -> BudgetedChatCompletionClient:
+    replies = [says("ok", prompt=0, completion=0) for _ in range(30)]
+    return BudgetedChatCompletionClient(replay(replies), Meter(Budget(max_input_tokens=1, mode="shadow"), hooks=[]))
+
+
+async def test_each_call_holds_an_estimate_of_the_whole_prompt_however_the_history_changed() -> None:
+    researcher, critic = SystemMessage(content="You research."), SystemMessage(content="You critique.")
+    task = UserMessage(content="research budgets", source="user")
+    call = AssistantMessage(
+        content=[FunctionCall(id="1", name="search", arguments='{"query": "budgets"}')], source="researcher"
+    )
+    result = FunctionExecutionResultMessage(
+        content=[FunctionExecutionResult(content="found", call_id="1", name="search")]
+    )
+    prompts = [
+        [researcher, task],
+        [researcher, task, call, result],  # the tool loop adds to the history
+        [critic, task],  # another agent sharing the client
+        [researcher, task, call, result, AssistantMessage(content="done", source="researcher")],
+        [researcher, result],  # a buffered context dropped messages
+        [researcher, task.model_copy(update={"content": "research budgets in depth"}), call, result],  # rewritten
+        [researcher, task.model_copy(), call],  # an equal copy, and a shorter history
+    ]
+
+    def fetch(url: str) -> str:
+        return url
+
+    search = counting_tool([])
+    client = estimating_client()
+    for prompt in prompts:
+        for with_tools in ((), [search], [search, FunctionTool(fetch, description="Fetch a page.")]):
+            assert await estimated_input(client, prompt, with_tools) == await estimated_input(
+                estimating_client(), prompt, with_tools
+            )
+    # about 4 characters a token over the texts joined by newlines, rounded up
+    assert await estimated_input(estimating_client(), [researcher, task]) == math.ceil(
+        len("You research.\nresearch budgets") / 4
+    )
 
 
 # -- reset, rerun, serialization ------------------------------------------------------------

@@ -21,7 +21,6 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
 from budget_plugins import Budget, BudgetExceeded, Meter, Ticket, TokenUsage
-from budget_plugins._meter import estimate_tokens
 from budget_plugins_autogen._shared import (
     BudgetExceededError,
     ScopeConfig,
@@ -123,6 +122,7 @@ class BudgetedChatCompletionClient(ChatCompletionClient, Component[BudgetedChatC
         self.model = model or _setting(client, "model")
         self.fallback_model = fallback_model or _setting(fallback, "model")
         self._last: ChatCompletionClient = client
+        self._prompts = _PromptSizes()
 
     @property
     def degraded(self) -> bool:
@@ -149,7 +149,7 @@ class BudgetedChatCompletionClient(ChatCompletionClient, Component[BudgetedChatC
             max_tokens = extra.get("max_tokens") or extra.get("max_completion_tokens") or _setting(client, "max_tokens")
             request = meter.model_request(
                 model=model,
-                input_tokens=_prompt_tokens(messages, tools),
+                input_tokens=self._prompts.tokens(messages, tools) if meter.needs_prompt_estimate else 0,
                 max_output_tokens=int(max_tokens) if max_tokens else None,
             )
             try:
@@ -332,17 +332,69 @@ def _setting(client: ChatCompletionClient | None, key: str) -> Any:
     return args.get(key) if isinstance(args, Mapping) else None
 
 
-def _prompt_tokens(messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]) -> int:
-    parts: list[str] = []
-    for message in messages:
-        content = message.content
-        for item in [content] if isinstance(content, str) else content:
-            if isinstance(item, str):
-                parts.append(item)
-            elif isinstance(item, FunctionCall):
-                parts.append(item.name + item.arguments)
-            elif isinstance(item, FunctionExecutionResult):
-                parts.append(item.content)
-    for tool in tools:
-        parts.append(json.dumps(tool.schema if isinstance(tool, Tool) else tool, default=str))
-    return estimate_tokens("\n".join(parts))
+class _PromptSizes:
+    """Prompt estimates that measure only what an agent added since its previous call.
+
+    An agent loop re-sends its whole history on every call, as the same message
+    objects: each history is remembered (one per first message, i.e. per agent
+    sharing the client), and the messages it still starts with are not measured
+    again. The estimate is the one of the whole prompt: about 4 characters a
+    token over the message texts, function calls and results, and tool schemas.
+    """
+
+    __slots__ = ("histories", "tool_chars", "tools")
+
+    def __init__(self) -> None:
+        # per history: its messages and the running character counts (each part counts its separator)
+        self.histories: list[tuple[list[LLMMessage], list[int]]] = []
+        self.tools: list[Tool | ToolSchema] = []
+        self.tool_chars = 0
+
+    def tokens(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]) -> int:
+        history, sizes = self._history(messages)
+        same = len(history)
+        if list(messages[:same]) != history:  # the usual case (an agent adding to its history) compares in C
+            pairs = enumerate(zip(history, messages, strict=False))
+            same = next((i for i, (a, b) in pairs if a is not b), min(same, len(messages)))
+            del history[same:], sizes[same + 1 :]
+        chars = sizes[-1]
+        for message in messages[same:]:
+            chars += _message_chars(message)
+            history.append(message)
+            sizes.append(chars)
+        if tools:
+            schemas = list(tools)
+            if schemas != self.tools:  # fresh but equal dicts on every call of an agent
+                self.tools = schemas
+                self.tool_chars = sum(
+                    len(json.dumps(tool.schema if isinstance(tool, Tool) else tool, default=str)) + 1 for tool in tools
+                )
+            chars += self.tool_chars
+        return (max(chars - 1, 0) + 3) // 4  # the parts joined by newlines, 4 characters a token, rounded up
+
+    def _history(self, messages: Sequence[LLMMessage]) -> tuple[list[LLMMessage], list[int]]:
+        first = messages[0] if messages else None
+        for index, entry in enumerate(self.histories):
+            if entry[0] and entry[0][0] is first:
+                if index:
+                    self.histories.insert(0, self.histories.pop(index))
+                return entry
+        entry = ([], [0])
+        self.histories = [entry, *self.histories[: _HISTORIES - 1]]
+        return entry
+
+
+_HISTORIES = 4
+
+
+def _message_chars(message: LLMMessage) -> int:
+    content = message.content
+    chars = 0
+    for item in [content] if isinstance(content, str) else content:
+        if isinstance(item, str):
+            chars += len(item) + 1
+        elif isinstance(item, FunctionCall):
+            chars += len(item.name) + len(item.arguments) + 1
+        elif isinstance(item, FunctionExecutionResult):
+            chars += len(item.content) + 1
+    return chars
