@@ -374,6 +374,9 @@ class _PromptSizes:
 
     def _history(self, messages: Sequence[LLMMessage]) -> tuple[list[LLMMessage], list[int]]:
         first = messages[0] if messages else None
+        latest = self.histories[0] if self.histories else None
+        if latest is not None and latest[0] and latest[0][0] is first:  # the same agent again
+            return latest
         for index, entry in enumerate(self.histories):
             if entry[0] and entry[0][0] is first:
                 if index:

@@ -11,8 +11,8 @@ and the termination condition skips what its own scope already counted.
 from __future__ import annotations
 
 import weakref
-from dataclasses import dataclass
-from typing import Any
+from functools import partial
+from typing import Any, NamedTuple
 
 from autogen_core.models import RequestUsage
 from pydantic import BaseModel, Field
@@ -47,8 +47,7 @@ class BudgetExceededError(BudgetExceeded, RuntimeError):
         return error
 
 
-@dataclass(frozen=True, slots=True)
-class CallMark:
+class CallMark(NamedTuple):
     """What a budgeted client knows about the model call behind one ``RequestUsage``."""
 
     run_ids: frozenset[str]
@@ -60,8 +59,8 @@ class CallMark:
     stop_run_id: str | None = None
 
 
-_calls: weakref.WeakValueDictionary[int, RequestUsage] = weakref.WeakValueDictionary()
-_call_marks: dict[int, CallMark] = {}
+# id(usage) -> (a weak reference to it, its mark); the reference's callback forgets the mark
+_call_marks: dict[int, tuple[weakref.ref[RequestUsage], CallMark]] = {}
 _tool_marks: dict[str, frozenset[str]] = {}
 _ended: weakref.WeakSet[Meter] = weakref.WeakSet()
 _live: weakref.WeakValueDictionary[str, Meter] = weakref.WeakValueDictionary()
@@ -79,16 +78,21 @@ def _run_ids(meter: Meter) -> frozenset[str]:
 def mark_call(meter: Meter, usage: RequestUsage, model: str | None, stop: BudgetExceeded | None = None) -> None:
     """A client on ``meter`` metered the model call that produced ``usage`` (or refused it: ``stop``)."""
     key = id(usage)
-    if _calls.get(key) is not usage:
-        _calls[key] = usage
-        weakref.finalize(usage, _call_marks.pop, key, None)
-    _call_marks[key] = CallMark(_run_ids(meter), model, stop, meter.run_id if stop else None)
+    entry = _call_marks.get(key)
+    ref = entry[0] if entry is not None and entry[0]() is usage else weakref.ref(usage, partial(_forget_call, key))
+    _call_marks[key] = (ref, CallMark(_run_ids(meter), model, stop, meter.run_id if stop else None))
+
+
+def _forget_call(key: int, ref: weakref.ref[RequestUsage]) -> None:
+    entry = _call_marks.get(key)
+    if entry is not None and entry[0] is ref:
+        _call_marks.pop(key, None)
 
 
 def call_mark(usage: RequestUsage) -> CallMark | None:
     """The mark a budgeted client left on this call's usage, if any."""
-    key = id(usage)
-    return _call_marks.get(key) if _calls.get(key) is usage else None
+    entry = _call_marks.get(id(usage))
+    return entry[1] if entry is not None and entry[0]() is usage else None
 
 
 def mark_tool_call(meter: Meter, call_id: str | None) -> None:
