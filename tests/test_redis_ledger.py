@@ -366,9 +366,10 @@ def test_stored_limits_are_rewritten_only_when_they_change(disposable_redis: Red
             ledger.reserve(f"same-{i}", [scope], {"steps": 1}, settle=[("a" if i == 0 else f"same-{i - 1}", {})])
         assert hsets() == 0
         changed = tenant_scope(tenant, {"cost_usd": 20, "steps": 5})
-        ledger.reserve("changed", [changed], {"steps": 1})
+        # Each call settles the previous hold with nothing spent: no counter changes, only the limits.
+        ledger.reserve("changed", [changed], {"steps": 1}, settle=[("same-2", {})])
         assert hsets() == 1
-        ledger.reserve("changed-again", [changed], {"steps": 1})
+        ledger.reserve("changed-again", [changed], {"steps": 1}, settle=[("changed", {})])
         assert hsets() == 1
     assert ledger.status(tenant_scope(tenant, {})).usage.limits == {"cost_usd": 20, "steps": 5}
 

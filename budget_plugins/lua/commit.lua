@@ -14,17 +14,24 @@ local ikey, rkey = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
 local now = bp_now_ms()
 local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
-local settled = bp_settle(ikey, rkey, scopes, p.a, now, p.tomb)
-bp_touch(scopes)
-local out = {}
-for _, sc in ipairs(scopes) do
-  local dims = bp_limit_dims(sc)
+local fields_of = {}
+for i, sc in ipairs(scopes) do
+  local fields = bp_value_fields(sc)
+  local used = 'u:' .. sc.b .. ':'
   for _, pair in ipairs(p.a) do
     if not sc.limits[pair[1]] then
-      dims[#dims + 1] = pair[1]
+      fields[#fields + 1] = used .. pair[1]
+      fields[#fields + 1] = 'h:' .. pair[1]
     end
   end
-  bp_values(sc, dims)
-  bp_compact(out, sc, dims)
+  fields_of[i] = fields
+  bp_load(sc, fields)
 end
+local settled = bp_settle(rkey, scopes, p.a, now, p.tomb)
+local out = {}
+for i, sc in ipairs(scopes) do
+  bp_flush(sc)
+  bp_compact(out, sc, fields_of[i])
+end
+bp_touch(scopes)
 return settled[1] .. '\n' .. settled[2] .. '\n' .. table.concat(out, ' ')

@@ -10,11 +10,15 @@ local ikey, rkey = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
 local now = bp_now_ms()
 local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
+for _, sc in ipairs(scopes) do
+  bp_load(sc, {})
+end
 local record = bp_record(rkey)
 if not bp_live(record, now) then
   return 0
 end
-local expires = now + p.lease
+local lease = tonumber(p.lease)
+local expires = now + lease
 for _, sc in ipairs(scopes) do
   if redis.call('ZADD', sc.z, 'XX', 'CH', expires, record.m) == 1 then
     bp_reindex(ikey, sc)
@@ -22,9 +26,9 @@ for _, sc in ipairs(scopes) do
 end
 if record.legacy then
   redis.call('HSET', rkey, 'e', expires)
-  redis.call('PEXPIRE', rkey, p.lease + p.tomb)
+  redis.call('PEXPIRE', rkey, lease + p.tomb)
 else
-  bp_write_held(rkey, expires, record.t, record.m, p.lease + p.tomb)
+  bp_write_held(rkey, expires, record.t, record.m, lease + p.tomb)
 end
 bp_touch(scopes)
 return 1

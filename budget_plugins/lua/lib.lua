@@ -107,14 +107,6 @@ local function bp_add_held(skey, amounts, negative)
   end
 end
 
-local function bp_add_used(skey, bucket, amounts)
-  for _, pair in ipairs(amounts) do
-    if pair[2] ~= '0' then
-      redis.call('HINCRBY', skey, 'u:' .. bucket .. ':' .. pair[1], pair[2])
-    end
-  end
-end
-
 -- Put the sweeper index at the scope's earliest expiry (or drop the scope when it holds nothing).
 local function bp_reindex(ikey, sc)
   local first = redis.call('ZRANGE', sc.z, 0, 0, 'WITHSCORES')
@@ -155,9 +147,8 @@ end
 
 -- Scope descriptors from the payload: {t = token, w = window, l = [[dim, "limit"]], L = limits JSON,
 -- x = idle TTL ms (0 = none)}, their keys at KEYS[first], KEYS[first + 1], ... (s, z pairs). Each
--- scope is swept (only when its index score says a hold may be due: one ZMSCORE for all scopes) and
--- rolled over to the current window before anything reads it; its stored limits are rewritten only
--- when they changed (one HMGET reads the bucket and the limits).
+-- scope is swept first (only when its index score says a hold may be due: one ZMSCORE for all scopes).
+-- A scope's bucket, limits and counters are then read with bp_load.
 local function bp_scopes(ikey, descriptors, first, now, sweep_limit)
   local scopes = {}
   local n = #descriptors
@@ -171,8 +162,8 @@ local function bp_scopes(ikey, descriptors, first, now, sweep_limit)
   local indexed = redis.call('ZMSCORE', ikey, unpack(tokens))
   for i, d in ipairs(descriptors) do
     local sc = {s = KEYS[first + 2 * (i - 1)], z = KEYS[first + 2 * (i - 1) + 1], t = d.t, w = d.w,
-                b = bp_bucket(d.w, now), x = d.x, l = d.l, limits = {}, idx = nil,
-                pend = {}, pend_dims = {}, after = {}}
+                b = bp_bucket(d.w, now), x = d.x, l = d.l, L = d.L, limits = {}, idx = nil,
+                cur = {}, pend = {}, pend_dims = {}}
     for _, pair in ipairs(d.l) do
       sc.limits[pair[1]] = pair[2]
     end
@@ -182,18 +173,104 @@ local function bp_scopes(ikey, descriptors, first, now, sweep_limit)
         bp_sweep(ikey, sc, now, sweep_limit)
       end
     end
-    if sc.w ~= '' or d.L ~= '' then
-      local stored = redis.call('HMGET', sc.s, 'b', 'L')
-      if sc.w ~= '' and stored[1] ~= sc.b then
-        bp_rollover(sc, stored[1])
-      end
-      if d.L ~= '' and stored[2] ~= d.L then
-        redis.call('HSET', sc.s, 'L', d.L)
-      end
-    end
     scopes[i] = sc
   end
   return scopes
+end
+
+-- The used (current window) and held fields of a scope's limited dimensions, in the client's order.
+local function bp_value_fields(sc)
+  local fields, used = {}, 'u:' .. sc.b .. ':'
+  for i, pair in ipairs(sc.l) do
+    fields[2 * i - 1] = used .. pair[1]
+    fields[2 * i] = 'h:' .. pair[1]
+  end
+  return fields
+end
+
+-- Read a swept scope's bucket, stored limits and `fields` with one HMGET: sc.cur[field] = the stored
+-- string (false when absent). The window is rolled over (it keeps the current bucket's fields) and
+-- changed limits are written.
+local function bp_load(sc, fields)
+  local got = redis.call('HMGET', sc.s, 'b', 'L', unpack(fields))
+  if sc.w ~= '' and got[1] ~= sc.b then
+    bp_rollover(sc, got[1])
+  end
+  if sc.L ~= '' and got[2] ~= sc.L then
+    redis.call('HSET', sc.s, 'L', sc.L)
+  end
+  for i, field in ipairs(fields) do
+    sc.cur[field] = got[i + 2]
+  end
+end
+
+local BP_EXACT = 9007199254740991
+local bp_abs = math.abs
+
+-- HINCRBY a counter by `amount` (a decimal string); a counter read by bp_load keeps its new value in
+-- sc.cur as an exact decimal string (read back beyond 2^53). Returns the new value (a Lua number).
+local function bp_incr(sc, field, amount)
+  local after = redis.call('HINCRBY', sc.s, field, amount)
+  if sc.cur[field] ~= nil then
+    if bp_abs(after) <= BP_EXACT then
+      sc.cur[field] = string.format('%d', after)
+    else
+      sc.cur[field] = redis.call('HGET', sc.s, field)
+    end
+  end
+  return after
+end
+
+-- Add used amounts [[dim, "n"], ...] in a bucket.
+local function bp_add_used(sc, bucket, amounts)
+  local prefix = 'u:' .. bucket .. ':'
+  for _, pair in ipairs(amounts) do
+    if pair[2] ~= '0' then
+      bp_incr(sc, prefix .. pair[1], pair[2])
+    end
+  end
+end
+
+-- Pending held changes of one scope, netted before they are written (a settled hold given back and
+-- the next hold taken in the same script mostly cancel out): sc.pend[dim] is an exact integer (a
+-- partial sum is written out before it could leave the exact range of doubles).
+local function bp_pend(sc, dim, delta)
+  local acc = sc.pend[dim]
+  if acc == nil then
+    acc = 0
+    sc.pend_dims[#sc.pend_dims + 1] = dim
+  end
+  if bp_abs(acc) + bp_abs(delta) > BP_EXACT then
+    bp_incr(sc, 'h:' .. dim, string.format('%d', acc))
+    acc = 0
+  end
+  sc.pend[dim] = acc + delta
+end
+
+-- Add (sign 1) or take back (sign -1) held amounts [[dim, "n"], ...] as pending changes.
+local function bp_pend_all(sc, amounts, sign)
+  for _, pair in ipairs(amounts) do
+    if pair[2] ~= '0' then
+      bp_pend(sc, pair[1], sign * tonumber(pair[2]))
+    end
+  end
+end
+
+-- Write a scope's pending held changes (a counter back at zero is removed).
+local function bp_flush(sc)
+  for _, dim in ipairs(sc.pend_dims) do
+    local delta = sc.pend[dim]
+    if delta ~= 0 then
+      local field = 'h:' .. dim
+      if bp_incr(sc, field, string.format('%d', delta)) == 0 then
+        redis.call('HDEL', sc.s, field)
+        if sc.cur[field] ~= nil then
+          sc.cur[field] = false
+        end
+      end
+    end
+  end
+  sc.pend, sc.pend_dims = {}, {}
 end
 
 -- Idle expiry for ephemeral (run) scopes, refreshed on every write.
@@ -215,54 +292,22 @@ local function bp_views(scopes)
   return views
 end
 
--- Read used (current window) and held of `dims` of one scope with one HMGET: sc.vals[dim] = {used, held}.
-local function bp_values(sc, dims)
-  sc.vals = {}
-  if #dims == 0 then
-    return
-  end
-  local fields = {}
-  for i, dim in ipairs(dims) do
-    fields[2 * i - 1] = 'u:' .. sc.b .. ':' .. dim
-    fields[2 * i] = 'h:' .. dim
-  end
-  local got = redis.call('HMGET', sc.s, unpack(fields))
-  for i, dim in ipairs(dims) do
-    sc.vals[dim] = {got[2 * i - 1] or '0', got[2 * i] or '0'}
-  end
-end
-
--- The limited dimensions of a scope, in the client's order (a fresh table: callers may extend it).
-local function bp_limit_dims(sc)
-  local dims = {}
-  for i, pair in ipairs(sc.l) do
-    dims[i] = pair[1]
-  end
-  return dims
-end
-
--- Append "used held" of `dims` (read by bp_values, then held as bp_flush left it) to the compact reply.
-local function bp_compact(out, sc, dims)
-  for _, dim in ipairs(dims) do
-    local v = sc.vals[dim]
-    out[#out + 1] = v[1]
-    local after = sc.after[dim]
-    if after then
-      out[#out + 1] = string.format('%d', after)
-    else
-      out[#out + 1] = v[2]
-    end
+-- Append "used held" (current window, as stored) of the fields read by bp_load to the compact reply.
+local function bp_compact(out, sc, fields)
+  for _, field in ipairs(fields) do
+    out[#out + 1] = sc.cur[field] or '0'
   end
 end
 
 -- The first requested dimension (in request order) that does not fit: mirrors budget_plugins.find_denial.
--- Reads sc.vals (bp_values over the scope's limited dimensions) and the pending held changes.
+-- Reads the counters loaded by bp_load over bp_value_fields, with the pending held changes.
 local function bp_find_denial(sc, requested)
+  local used_prefix = 'u:' .. sc.b .. ':'
   for _, pair in ipairs(requested) do
     local dim, amount = pair[1], pair[2]
     local limit = sc.limits[dim]
     if amount ~= '0' and limit then
-      local used, held = sc.vals[dim][1], sc.vals[dim][2]
+      local used, held = sc.cur[used_prefix .. dim] or '0', sc.cur['h:' .. dim] or '0'
       if tonumber(used) + tonumber(held) + (sc.pend[dim] or 0) + tonumber(amount) > tonumber(limit) then
         return {dim, limit, used, held, amount}
       end
@@ -309,67 +354,17 @@ local function bp_live(record, now)
   return record ~= nil and record.st == 'held' and record.e > now
 end
 
--- Pending held changes of one scope, netted before they are written (a settled hold given back and
--- the next hold taken in the same script mostly cancel out): sc.pend[dim] is an exact integer (a
--- partial sum is written out before it could leave the exact range of doubles).
-local BP_EXACT = 9007199254740991
-local bp_abs = math.abs
 
-local function bp_pend(sc, dim, delta)
-  local acc = sc.pend[dim]
-  if acc == nil then
-    acc = 0
-    sc.pend_dims[#sc.pend_dims + 1] = dim
-  end
-  if bp_abs(acc) + bp_abs(delta) > BP_EXACT then
-    redis.call('HINCRBY', sc.s, 'h:' .. dim, string.format('%d', acc))
-    acc = 0
-  end
-  sc.pend[dim] = acc + delta
-end
-
--- Write a scope's pending held changes, after adding `requested` (a new hold; nil for none). Each
--- written counter's new value is kept in sc.after[dim] (a counter left unchanged keeps its value).
-local function bp_flush(sc, requested)
-  if requested then
-    for _, pair in ipairs(requested) do
-      if pair[2] ~= '0' then
-        bp_pend(sc, pair[1], tonumber(pair[2]))
-      end
-    end
-  end
-  for _, dim in ipairs(sc.pend_dims) do
-    local delta = sc.pend[dim]
-    if delta ~= 0 then
-      local field = 'h:' .. dim
-      local after = redis.call('HINCRBY', sc.s, field, string.format('%d', delta))
-      if after == 0 then
-        redis.call('HDEL', sc.s, field)
-      end
-      sc.after[dim] = after
-    end
-  end
-  sc.pend, sc.pend_dims = {}, {}
-end
-
--- Give a live hold back in every listed scope (holds in scopes not listed run out with their lease):
--- at once, or as pending changes of each scope when `pend` is true (written by bp_flush).
--- The sweeper index is left as it is: it may now lie before the scope's earliest expiry, which only
--- costs the next call one sweep of the scope.
-local function bp_unhold(member, scopes, pend)
+-- Give a live hold back in every listed scope (holds in scopes not listed run out with their lease),
+-- as pending changes of each scope (written by bp_flush). Held is taken back only where ZREM removed
+-- the member. The sweeper index is left as it is: it may now lie before the scope's earliest expiry,
+-- which only costs the next call one sweep of the scope.
+local function bp_unhold(member, scopes)
   local amounts = nil
   for _, sc in ipairs(scopes) do
     if redis.call('ZREM', sc.z, member) == 1 then
       amounts = amounts or bp_member_amounts(member)
-      if pend then
-        for _, pair in ipairs(amounts) do
-          if pair[2] ~= '0' then
-            bp_pend(sc, pair[1], -tonumber(pair[2]))
-          end
-        end
-      else
-        bp_add_held(sc.s, amounts, true)
-      end
+      bp_pend_all(sc, amounts, -1)
     end
   end
 end
@@ -388,10 +383,10 @@ local function bp_reserved_bucket(rkey, record, sc)
   return sc.b
 end
 
--- Commit one reservation with its actual amounts; idempotent by reservation id. With `pend`, the
--- hold given back stays pending in each scope (see bp_flush).
+-- Commit one reservation with its actual amounts; idempotent by reservation id. The hold given back
+-- stays pending in each scope (see bp_flush).
 -- Returns {status, hold amounts JSON or ""}; status is committed|duplicate|expired|unknown.
-local function bp_settle(ikey, rkey, scopes, actual, now, tomb_ms, pend)
+local function bp_settle(rkey, scopes, actual, now, tomb_ms)
   local record = bp_record(rkey)
   local st = record and record.st
   if st == 'committed' then
@@ -405,12 +400,12 @@ local function bp_settle(ikey, rkey, scopes, actual, now, tomb_ms, pend)
     else
       status = 'expired'
     end
-    bp_unhold(record.m, scopes, pend)
+    bp_unhold(record.m, scopes)
   elseif st then
     status = 'expired' -- released before: the spend still happened (as the in-memory ledger reports it)
   end
   for _, sc in ipairs(scopes) do
-    bp_add_used(sc.s, bp_reserved_bucket(rkey, record, sc), actual)
+    bp_add_used(sc, bp_reserved_bucket(rkey, record, sc), actual)
   end
   redis.call('SET', rkey, 'committed', 'PX', tomb_ms)
   return {status, hold}

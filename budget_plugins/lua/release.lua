@@ -10,11 +10,17 @@ local ikey, rkey = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
 local now = bp_now_ms()
 local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
+for _, sc in ipairs(scopes) do
+  bp_load(sc, {})
+end
 local record = bp_record(rkey)
 if not bp_live(record, now) then
   return 0
 end
 bp_unhold(record.m, scopes)
+for _, sc in ipairs(scopes) do
+  bp_flush(sc)
+end
 if record.legacy then
   redis.call('HSET', rkey, 'st', 'released')
   redis.call('PEXPIRE', rkey, p.tomb)

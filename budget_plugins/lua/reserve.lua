@@ -16,20 +16,31 @@
 --            (same id, other amounts)
 --   denial   {} or {scope index (1-based), dim, limit, used, held, requested} (strings)
 --   views    per scope {bucket, HGETALL of the scope hash, live holds}
+--
+-- Redis commands on the hot path (n scopes, k settled, d dimensions): TIME, ZMSCORE, one HMGET per
+-- scope (bucket, limits, limited counters), per settled reservation a GET, a ZREM per scope, one
+-- HINCRBY per spent dimension and scope, a SET; then a GET and a SET of the new reservation and a ZADD
+-- per scope. Held counters are netted first: a hold settled and a hold of the same amounts taken in
+-- the same call write nothing.
 
 local ikey, rkey = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
 local now = bp_now_ms()
 local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
-local settle_first = 3 + 2 * #p.sc
-for j, actual in ipairs(p.st) do
-  bp_settle(ikey, KEYS[settle_first + j - 1], scopes, actual, now, p.tomb, true)
+local fields_of = {}
+for i, sc in ipairs(scopes) do
+  fields_of[i] = bp_value_fields(sc)
+  bp_load(sc, fields_of[i])
+end
+local settle_first = 3 + 2 * #scopes
+for j, actual in ipairs(p.st or {}) do
+  bp_settle(KEYS[settle_first + j - 1], scopes, actual, now, p.tomb)
 end
 
 local record = bp_record(rkey)
 if record then
   for _, sc in ipairs(scopes) do
-    bp_flush(sc, nil)
+    bp_flush(sc)
   end
   bp_touch(scopes)
   if bp_live(record, now) and record.m ~= p.m then
@@ -39,10 +50,10 @@ if record then
 end
 
 -- The check sees the settled holds given back (pending: written below, netted with the new hold).
+local requested = p.a
 local function find_denial()
   for i, sc in ipairs(scopes) do
-    bp_values(sc, bp_limit_dims(sc))
-    local found = bp_find_denial(sc, p.a)
+    local found = bp_find_denial(sc, requested)
     if found then
       return {i, found[1], found[2], found[3], found[4], found[5]}
     end
@@ -54,7 +65,7 @@ local denial = find_denial()
 if denial then
   -- Rare path: write the settled holds back first, so the denial reports the exact stored counters.
   for _, sc in ipairs(scopes) do
-    bp_flush(sc, nil)
+    bp_flush(sc)
   end
   denial = find_denial()
   if denial and p.enf then
@@ -63,10 +74,12 @@ if denial then
   end
 end
 
-local expires = now + p.lease
-bp_write_held(rkey, expires, now, p.m, p.lease + p.tomb)
+local lease = tonumber(p.lease)
+local expires = now + lease
+bp_write_held(rkey, expires, now, p.m, lease + p.tomb)
 for _, sc in ipairs(scopes) do
-  bp_flush(sc, p.a)
+  bp_pend_all(sc, requested, 1)
+  bp_flush(sc)
   redis.call('ZADD', sc.z, expires, p.m)
   if sc.idx == nil or sc.idx > expires then
     redis.call('ZADD', ikey, expires, sc.t)
@@ -77,7 +90,7 @@ if denial then
   return {'granted', denial, bp_views(scopes)}
 end
 local out = {'granted'}
-for _, sc in ipairs(scopes) do
-  bp_compact(out, sc, bp_limit_dims(sc))
+for i, sc in ipairs(scopes) do
+  bp_compact(out, sc, fields_of[i])
 end
 return table.concat(out, ' ')

@@ -10,4 +10,7 @@ local ikey = KEYS[1]
 local p = cjson.decode(ARGV[1])
 local now = bp_now_ms()
 local scopes = bp_scopes(ikey, p.sc, 2, now, p.sweep)
+for _, sc in ipairs(scopes) do
+  bp_load(sc, {})
+end
 return bp_views(scopes)
