@@ -244,8 +244,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                 repeated = task in self._tasks
                 self._tasks.add(task)
             with self._forget_on_refusal(run_id):
-                ticket = self.meter.reserve(Request.step(name, depth=run.depth, retry=repeated), node=name)
-            self.meter.commit(ticket)
+                self.meter.count(Request.step(name, depth=run.depth, retry=repeated), node=name)
         elif self.chain_checks and (self.budget.max_depth is not None or self.budget.max_seconds is not None):
             with self._forget_on_refusal(run_id):
                 self.meter.check(Request("step", {}, name, depth=run.depth))
@@ -388,8 +387,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
 
     def on_retry(self, retry_state: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Count a retry announced by a component that fires ``on_retry``."""
-        ticket = self.meter.reserve(Request("retry", {"retries": 1}, retry=True))
-        self.meter.commit(ticket)
+        self.meter.count(Request("retry", {"retries": 1}, retry=True))
 
 
 def _estimate_messages(messages: list[BaseMessage]) -> int:

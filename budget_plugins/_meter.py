@@ -446,9 +446,22 @@ class Meter:
         return list(self._scopes[1 if final else 0])
 
     def check(self, request: Request) -> None:
-        """Run only the run-local checks (time, depth, fan-out, failures); raise if refused.
+        """Check without holding anything; raise :class:`BudgetExceeded` if refused.
 
-        Used where nothing is held in the ledger, e.g. entering a nested chain.
+        Runs the run-local checks (time, depth, fan-out, failures) and asks the run
+        scopes enforced in process whether ``request`` would fit; shared scopes are
+        not asked (their answer comes with the reservation). Used where nothing is
+        held, e.g. entering a nested chain, or before a call that reserves later.
+
+        Example:
+            >>> m = Meter(Budget(max_model_calls=1), hooks=[])
+            >>> m.check(Request.model_call())
+            >>> _ = m.after_model_call(m.before_model_call(), None)
+            >>> try:
+            ...     m.check(Request.model_call())
+            ... except BudgetExceeded as exc:
+            ...     print(exc.dimension, exc.used)
+            model_calls 1
         """
         with self._lock:
             now = self._clock()
@@ -458,6 +471,13 @@ class Meter:
         local = check_run_local(self.budget, request, started_at=started, now=now, consecutive_failures=failures)
         if local is not None:
             self._refuse(Decision.deny(local), request)
+        for owner in self._owners if request.amounts else ():
+            assert owner._local is not None
+            scope = owner._final_scope if request.final else owner._run_scope
+            with owner._lock:
+                found = find_denial(scope.limits, owner._local.used, owner._local.held, request.amounts)
+            if found is not None:
+                self._refuse(Decision.deny(Denial(*found, scope.kind, scope.id)), request)
 
     @property
     def ledger(self) -> Ledger:
@@ -1218,6 +1238,14 @@ class Meter:
     ) -> Ticket:
         """Count one step (steps are counted when they start)."""
         return self.count(Request.step(node, depth=depth, fanout=fanout, retry=retry, extra=extra), node=node)
+
+    async def acount(self, request: Request, **meta: Any) -> Ticket:
+        """Async twin of :meth:`count`."""
+        if self._is_local(request):
+            return self.count(request, **meta)  # in process: nothing to await
+        ticket = await self.areserve(request, **meta)
+        await self.acommit(ticket)
+        return ticket
 
     def count(self, request: Request, **meta: Any) -> Ticket:
         """Reserve and settle at once a request whose amounts are final when it starts (a step, a retry).

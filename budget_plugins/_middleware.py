@@ -311,22 +311,15 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         if meter.exhausted is not None and meter.budget.mode == "enforce":
             return self._stop(meter, meter.exhausted)
         try:
-            meter.release(meter.reserve(Request.model_call()), failed=False)
+            meter.check(_ONE_MODEL_CALL)  # in process; shared ceilings answer with the call's reservation
         except BudgetExceeded as exc:
             return self._stop(meter, exc)
         return None
 
     @hook_config(can_jump_to=["end"])
     async def abefore_model(self, state: BudgetState, runtime: Runtime[Any]) -> dict[str, Any] | None:
-        """Async twin of :meth:`before_model`."""
-        meter = self._meter()
-        if meter.exhausted is not None and meter.budget.mode == "enforce":
-            return self._stop(meter, meter.exhausted)
-        try:
-            await meter.arelease(await meter.areserve(Request.model_call()), failed=False)
-        except BudgetExceeded as exc:
-            return self._stop(meter, exc)
-        return None
+        """Async twin of :meth:`before_model` (nothing to await: the check is in process)."""
+        return self.before_model(state, runtime)
 
     def wrap_model_call(
         self, request: ModelRequest[Any], handler: Callable[[ModelRequest[Any]], ModelResponse[Any]]
@@ -346,7 +339,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         """Async twin of :meth:`wrap_model_call`."""
         meter = self._meter()
         try:
-            await meter.acommit(await meter.areserve(Request.step("model"), node="model"))
+            await meter.acount(Request.step("model"), node="model")
             return await handler(request)
         except BudgetExceeded as exc:
             self._refused(meter, exc)
@@ -371,11 +364,14 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         meter = self._meter()
         name = request.tool_call["name"]
         try:
-            await meter.acommit(await meter.areserve(Request.step(name), node=name))
+            await meter.acount(Request.step(name), node=name)
             return await handler(request)
         except BudgetExceeded as exc:
             self._refused(meter, exc)
             return _refused_tool(request, exc)
+
+
+_ONE_MODEL_CALL = Request.model_call()
 
 
 def _refused_tool(request: ToolCallRequest, error: BudgetExceeded) -> ToolMessage:

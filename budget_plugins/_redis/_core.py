@@ -86,6 +86,7 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
 
 
+@functools.lru_cache(maxsize=4096)
 def hash_tag(namespace: str, tenant: str) -> bytes:
     """The ``{hash tag}`` shared by every key of one tenant (one Redis Cluster slot).
 
@@ -389,6 +390,21 @@ def _pairs(amounts: Mapping[str, int]) -> list[list[str]]:
     return [[dim, str(amount)] for dim, amount in amounts.items()]
 
 
+@functools.lru_cache(maxsize=1024)
+def _dim_json(dim: str) -> str:
+    return _dumps(dim)
+
+
+def _pairs_json(amounts: Mapping[str, int]) -> str:
+    """``_dumps(_pairs(amounts))``, from cached dimension names (the hot path's payload).
+
+    Example:
+        >>> _pairs_json({"cost_usd": 27, 'a"b': 1}) == _dumps(_pairs({"cost_usd": 27, 'a"b': 1}))
+        True
+    """
+    return "[" + ",".join(f'[{_dim_json(dim)},"{amount}"]' for dim, amount in amounts.items()) + "]"
+
+
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
@@ -501,10 +517,10 @@ class Core:
             fragments.append(self._descriptor(scope, token)[0])
         return key_list, "[" + ",".join(fragments) + "]"
 
-    def _payload(self, descriptors: str, **fields: Any) -> bytes:
-        """ARGV[1]: the common fields, ``fields`` and the scope descriptors, as JSON."""
+    def _payload(self, descriptors: str, **fields: str) -> bytes:
+        """ARGV[1]: the common fields, ``fields`` (each already JSON text) and the scope descriptors."""
         head = f'{{"tomb":{_ms(self.options.tombstone_seconds)},"sweep":{self.options.sweep_batch},'
-        body = "".join(f'"{name}":{_dumps(value)},' for name, value in fields.items())
+        body = "".join(f'"{name}":{value},' for name, value in fields.items())
         return _b(head + body + '"sc":' + descriptors + "}")
 
     def _compact(
@@ -569,11 +585,11 @@ class Core:
         scope_keys, descriptors = self._scope_part(keys, unique)
         payload = self._payload(
             descriptors,
-            a=_pairs(amounts),
-            m=_dumps(_pairs(dict(sorted(amounts.items())))) + "\n" + rid,
-            lease=_ms(lease_seconds),
-            enf=bool(enforce),
-            st=[_pairs(actual) for _, actual in settle],
+            a=_pairs_json(amounts),
+            m=_dumps(_pairs_json(dict(sorted(amounts.items()))) + "\n" + rid),
+            lease=str(_ms(lease_seconds)),
+            enf="true" if enforce else "false",
+            st="[" + ",".join(_pairs_json(actual) for _, actual in settle) + "]",
         )
         step = Step(
             "script",
@@ -619,7 +635,7 @@ class Core:
         """The commit call."""
         actual = validate_amounts(actual, "commit")
         _check_exact(actual, "commit")
-        step, unique = self._settle_step("commit", rid, scopes, {"a": _pairs(actual)})
+        step, unique = self._settle_step("commit", rid, scopes, {"a": _pairs_json(actual)})
 
         def decode(raw: bytes) -> Settlement:
             head, hold_json, numbers = raw.split(b"\n", 2)
@@ -656,7 +672,7 @@ class Core:
         """The extend call."""
         if lease_seconds <= 0:
             raise BudgetConfigError("lease_seconds must be > 0", field="lease_seconds")
-        step, _ = self._settle_step("extend", rid, scopes, {"lease": _ms(lease_seconds)})
+        step, _ = self._settle_step("extend", rid, scopes, {"lease": str(_ms(lease_seconds))})
 
         def fallback() -> bool:
             logger.warning("budget ledger UNAVAILABLE, fail_open: cannot extend %s", rid)
@@ -685,7 +701,7 @@ class Core:
         return Call(step, decode, fallback, "snapshot", scope.id)
 
     def _settle_step(
-        self, name: str, rid: str, scopes: Sequence[Scope], extra: dict[str, Any]
+        self, name: str, rid: str, scopes: Sequence[Scope], extra: dict[str, str]
     ) -> tuple[Step, list[tuple[Scope, bytes]]]:
         keys = self._keys_for(scopes)
         unique = self._unique(scopes)
@@ -814,7 +830,7 @@ class Core:
 
     def _fallback_commit(self, rid: str, scopes: Sequence[Scope], actual: Mapping[str, int]) -> Settlement:
         # Replayed later (idempotent by id): a local grant's spend reaches Redis as an "unknown" commit.
-        self._queue(self._settle_step("commit", rid, scopes, {"a": _pairs(actual)})[0])
+        self._queue(self._settle_step("commit", rid, scopes, {"a": _pairs_json(actual)})[0])
         # Charged locally too, so the outage allowance counts every call that really happened.
         settlement = self._local.commit(rid, self._local_scopes(scopes), actual)
         if rid in self._local_rids:

@@ -141,7 +141,7 @@ class GuardRun:
         """Count the node's execution, or stop the run if the budget refuses it."""
         request = self.step_request(node, config)
         try:
-            self.meter.commit(self.meter.reserve(request, node=node))
+            self.meter.count(request, node=node)
         except BudgetExceeded as exc:
             raise self.stopping(exc, config) from exc
 
@@ -149,7 +149,7 @@ class GuardRun:
         """Async twin of :meth:`before_node`."""
         request = self.step_request(node, config)
         try:
-            await self.meter.acommit(await self.meter.areserve(request, node=node))
+            await self.meter.acount(request, node=node)
         except BudgetExceeded as exc:
             raise self.stopping(exc, config) from exc
 
