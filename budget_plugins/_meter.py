@@ -61,16 +61,72 @@ _NO_DIMENSIONS: frozenset[str] = frozenset()
 RUN_WRITE_INTERVAL = 1.0
 """Seconds between writes of an exclusive run scope's copy to a remote ledger when runs end."""
 
+SETTLE_DELAY = 0.2
+"""Seconds a finished run's last settlement on a remote ledger waits for a next reservation
+of the same meter to carry it (no round trip of its own) before it is sent by itself."""
+
 _unwritten: weakref.WeakSet[Meter] = weakref.WeakSet()
+_log = logging.getLogger("budget_plugins")
+
+
+class _Settler:
+    """One daemon thread per process that sends what finished runs left for a remote ledger.
+
+    A run that ends leaves its last settlement (and its run scope's copy) pending:
+    if the same meter reserves again soon, the settlement rides along with that
+    reservation; otherwise this thread sends it after :data:`SETTLE_DELAY` (the
+    copy after :data:`RUN_WRITE_INTERVAL`), off the caller's path. What is still
+    pending when the interpreter exits is sent then.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[Meter, float] = {}
+        self._thread: threading.Thread | None = None
+
+    def schedule(self, meter: Meter, delay: float) -> None:
+        with self._cond:
+            due = time.monotonic() + delay
+            if due < self._due.get(meter, math.inf):
+                self._due[meter] = due
+            if self._thread is None or not self._thread.is_alive():  # also after a fork
+                self._thread = threading.Thread(target=self._run, name="budget_plugins-settler", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                now = time.monotonic()
+                due = [meter for meter, when in self._due.items() if when <= now]
+                if not due:
+                    self._cond.wait(min(self._due.values(), default=now + 60.0) - now)
+                    continue
+                for meter in due:
+                    del self._due[meter]
+            for meter in due:
+                try:
+                    meter._flush_due()
+                except Exception:  # the ledger is down: what was not sent is pending again
+                    _log.warning("could not settle run %s; retrying", meter.run_id, exc_info=True)
+                    self.schedule(meter, RUN_WRITE_INTERVAL)
+
+    def drain(self) -> list[Meter]:
+        with self._cond:
+            meters, self._due = list(self._due), {}
+        return meters
+
+
+_settler = _Settler()
 
 
 @atexit.register
 def _write_unwritten_run_scopes() -> None:
-    for meter in list(_unwritten):
+    for meter in {*_unwritten, *_settler.drain()}:
         try:
             meter.flush()
         except BaseException:  # best effort at exit: the ledger may be gone already
-            logging.getLogger("budget_plugins").warning("could not write run scope %s at exit", meter.run_id)
+            _log.warning("could not write run scope %s at exit", meter.run_id)
 
 
 _TOKEN_DIMENSIONS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
@@ -561,9 +617,11 @@ class Meter:
     def _take_run_entry(self, force: bool) -> tuple[str, list[Scope], dict[str, int]] | None:
         with self._lock:
             now = self._clock()
-            if not self._run_unsynced or (not force and now - self._run_written < RUN_WRITE_INTERVAL):
+            wait = RUN_WRITE_INTERVAL - (now - self._run_written)
+            if not self._run_unsynced or (not force and wait > 0):
                 if self._run_unsynced:
                     _unwritten.add(self)  # written at the latest when the interpreter exits
+                    _settler.schedule(self, wait)
                 return None
             amounts, self._run_unsynced, self._run_written = self._run_unsynced, None, now
         _unwritten.discard(self)
@@ -968,19 +1026,50 @@ class Meter:
         """Commit every deferred settlement now.
 
         Args:
-            force: Also write an exclusive run scope's copy in the ledger now; when
-                False (what adapters do when a run ends) it is written at most once
-                every ``RUN_WRITE_INTERVAL`` seconds to a remote ledger, and at
-                interpreter exit.
+            force: When False (what adapters do when a run ends), a remote
+                ledger's pending settlement is left for the next reservation to
+                carry, or sent by a background thread after ``SETTLE_DELAY``
+                seconds, and the run scope's copy is written at most once every
+                ``RUN_WRITE_INTERVAL`` seconds (and at interpreter exit).
         """
+        self._send(self._flush_plan(force))
+
+    def _flush_due(self) -> None:
+        """The settler's flush: send what is pending now."""
+        self._send(self._flush_plan(False, deferrable=False))
+
+    def _send(self, plan: list[tuple[str, Sequence[Scope], dict[str, int]]]) -> None:
+        for index, (rid, scopes, amounts) in enumerate(plan):
+            try:
+                self.ledger.commit(rid, scopes, amounts)
+            except BaseException:
+                self._put_back(plan[index:])
+                raise
+
+    def _flush_plan(self, force: bool, *, deferrable: bool = True) -> list[tuple[str, Sequence[Scope], dict[str, int]]]:
+        """The commits a flush sends now (both doors)."""
+        if deferrable and not force and self._remote and (self._pending or self._unsynced):
+            _settler.schedule(self, SETTLE_DELAY)  # a next reservation may carry it: no round trip
+            return []
         with self._lock:
             pending = self._take_pending()
         shared = self._ledger_scopes()
-        for rid, amounts in pending if shared else ():
-            self.ledger.commit(rid, shared, amounts)
+        plan: list[tuple[str, Sequence[Scope], dict[str, int]]] = (
+            [(rid, shared, amounts) for rid, amounts in pending] if shared else []
+        )
         entry = self._take_run_entry(force)
         if entry is not None:
-            self.ledger.commit(*entry)
+            plan.append(entry)
+        return plan
+
+    def _put_back(self, unsent: list[tuple[str, Sequence[Scope], dict[str, int]]]) -> None:
+        """The ledger failed mid-flush: what was not sent is pending again (same ids: no double count)."""
+        with self._lock:
+            for rid, scopes, amounts in unsent:
+                if scopes and scopes[0] is self._final_scope and self._local is not None:
+                    self._for_run_scope(amounts)  # the run scope's copy (a new id next time)
+                else:
+                    self._pending = [*(self._pending or []), (rid, amounts)]
 
     # -- observation door: what already happened, and what is used up ---------------
 
@@ -1103,14 +1192,13 @@ class Meter:
 
     async def aflush(self, *, force: bool = True) -> None:
         """Async twin of :meth:`flush`."""
-        with self._lock:
-            pending = self._take_pending()
-        shared = self._ledger_scopes()
-        for rid, amounts in pending if shared else ():
-            await self.aledger.commit(rid, shared, amounts)
-        entry = self._take_run_entry(force)
-        if entry is not None:
-            await self.aledger.commit(*entry)
+        plan = self._flush_plan(force)
+        for index, (rid, scopes, amounts) in enumerate(plan):
+            try:
+                await self.aledger.commit(rid, scopes, amounts)
+            except BaseException:
+                self._put_back(plan[index:])
+                raise
 
     async def acommit(
         self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False

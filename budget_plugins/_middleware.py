@@ -130,7 +130,7 @@ class _Router(BaseCallbackHandler):
                     self._runs.pop(run_id, None)
                     closed = self._scopes.pop(run_id, None)
                 if closed is not None:
-                    closed.meter.flush()
+                    closed.meter.flush(force=False)
 
 
 def _forwarder(event: str) -> Callable[..., None]:

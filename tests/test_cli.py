@@ -105,6 +105,8 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
         for _ in range(calls):
             model.invoke("write", config={"callbacks": [handler]})
         rec.writer.append(handler)
+    for handler in rec.handlers:
+        handler.meter.flush()  # now, rather than by the settler thread within SETTLE_DELAY
     return rec
 
 

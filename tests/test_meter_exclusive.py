@@ -7,12 +7,23 @@ can see which requests cost a round trip.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
-from budget_plugins import Budget, BudgetExceeded, Ceiling, Grant, InMemoryLedger, Meter, Scope, TokenUsage
+from budget_plugins import (
+    Budget,
+    BudgetExceeded,
+    Ceiling,
+    Grant,
+    InMemoryLedger,
+    LedgerUnavailable,
+    Meter,
+    Scope,
+    TokenUsage,
+)
 
 
 class CountingLedger(InMemoryLedger):
@@ -104,3 +115,57 @@ def test_a_given_run_id_is_shared_and_checked_in_the_ledger() -> None:
     with pytest.raises(BudgetExceeded):
         a.before_tool_call("t")
     assert ledger.reserves == 3
+
+
+def _wait_for(predicate: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_finished_runs_settlement_rides_with_the_next_reservation_or_is_sent_soon_after() -> None:
+    ledger = CountingLedger()
+    tenant = Scope("tenant", "acme", tenant="acme")
+    m = meter(Budget(max_model_calls=50), ledger, ceilings=[Ceiling(scope="tenant", max_cost_usd="10")])
+    for _ in range(5):  # one root run per call, as a one-call chain has
+        m.after_model_call(m.before_model_call(model="gpt-4o-mini", input_tokens=100), TokenUsage(100, 10))
+        m.flush(force=False)  # what the handler does when the root run ends
+    assert ledger.reserves == 5 and ledger.commits == 0  # each settlement rode with the next reservation
+    assert _wait_for(lambda: ledger.snapshot(tenant).held == {})  # the last one is sent by the settler
+    assert _wait_for(lambda: ledger.commits == 2)  # that settlement, and the run scope's copy
+    assert ledger.snapshot(tenant).used["model_calls"] == 5 == m.usage().used["model_calls"]
+    assert ledger.snapshot(m.scopes()[0]).used == m.usage().used
+
+
+class FlakyLedger(CountingLedger):
+    """A remote ledger whose next commit fails, as a dropped connection does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+
+    def commit(self, reservation_id: str, scopes: Sequence[Scope], actual: Mapping[str, int]) -> Any:
+        if self.fail_next:
+            self.fail_next = False
+            raise LedgerUnavailable("connection dropped")
+        return super().commit(reservation_id, scopes, actual)
+
+
+def test_a_failed_flush_keeps_what_it_could_not_send_and_never_counts_twice() -> None:
+    ledger = FlakyLedger()
+    tenant = Scope("tenant", "acme", tenant="acme")
+    m = meter(Budget(max_tool_calls=50), ledger, ceilings=[Ceiling(scope="tenant", max_model_calls=10)])
+    m.after_model_call(m.before_model_call(model="gpt-4o-mini"), TokenUsage(10, 1))
+    for _ in range(3):
+        m.after_tool_call(m.before_tool_call("search"))  # no shared limit: sent later, in one entry
+    ledger.fail_next = True
+    with pytest.raises(LedgerUnavailable):
+        m.flush()
+    m.flush()
+    m.flush()
+    used = ledger.snapshot(tenant).used
+    assert used["model_calls"] == 1 and used["tool_calls"] == 3 and ledger.snapshot(tenant).held == {}
+    assert ledger.snapshot(m.scopes()[0]).used == m.usage().used  # the run scope's copy, written once
