@@ -418,6 +418,21 @@ def _check_exact(amounts: Mapping[str, int], what: str) -> None:
             raise BudgetConfigError(f"{what}: {dim} = {amount} exceeds 2**53 - 1, the largest exact amount", field=dim)
 
 
+def _clean(amounts: Mapping[str, int], what: str) -> dict[str, int]:
+    """``validate_amounts`` and ``_check_exact`` in one pass (a copy of valid amounts; else they raise).
+
+    Example:
+        >>> _clean({"steps": 1}, "reserve")
+        {'steps': 1}
+    """
+    for amount in amounts.values():
+        if type(amount) is not int or not 0 <= amount <= MAX_EXACT:
+            clean = validate_amounts(amounts, what)
+            _check_exact(clean, what)
+            return clean
+    return dict(amounts)
+
+
 def _ms(seconds: float) -> int:
     return max(1, math.ceil(seconds * 1000))
 
@@ -573,13 +588,10 @@ class Core:
         settle: Sequence[tuple[str, Mapping[str, int]]] = (),
     ) -> Call[Grant]:
         """The reserve call (settling ``settle`` first, in the same script)."""
-        amounts = validate_amounts(amounts, "reserve")
-        _check_exact(amounts, "reserve")
+        amounts = _clean(amounts, "reserve")
         if lease_seconds <= 0:
             raise BudgetConfigError("lease_seconds must be > 0", field="lease_seconds")
-        settle = [(srid, validate_amounts(actual, "commit")) for srid, actual in settle]
-        for _, actual in settle:
-            _check_exact(actual, "commit")
+        settle = [(srid, _clean(actual, "commit")) for srid, actual in settle]
         keys = self._keys_for(scopes)
         unique = self._unique(scopes)
         scope_keys, descriptors = self._scope_part(keys, unique)
@@ -633,8 +645,7 @@ class Core:
 
     def commit(self, rid: str, scopes: Sequence[Scope], actual: Mapping[str, int]) -> Call[Settlement]:
         """The commit call."""
-        actual = validate_amounts(actual, "commit")
-        _check_exact(actual, "commit")
+        actual = _clean(actual, "commit")
         step, unique = self._settle_step("commit", rid, scopes, {"a": _pairs_json(actual)})
 
         def decode(raw: bytes) -> Settlement:
