@@ -45,6 +45,24 @@ class _Run:
         self.failed_children: set[str] | None = None
 
 
+class _Forget:
+    """Context manager: forget a run whose start was refused (see ``_forget_on_refusal``)."""
+
+    __slots__ = ("handler", "run_id")
+
+    def __init__(self, handler: BudgetCallbackHandler, run_id: UUID) -> None:
+        self.handler = handler
+        self.run_id = run_id
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
+        if kind is not None:
+            with self.handler._lock:
+                self.handler._runs.pop(self.run_id, None)
+
+
 class BudgetCallbackHandler(BaseCallbackHandler):
     """Enforce a :class:`Budget` on any LangChain runnable through its callbacks.
 
@@ -177,15 +195,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         # to expire with its lease. The run scope's copy in the ledger is written too.
         self.meter.flush(force=False)
 
-    @contextlib.contextmanager
-    def _forget_on_refusal(self, run_id: UUID) -> Iterator[None]:
+    def _forget_on_refusal(self, run_id: UUID) -> _Forget:
         """A refused start never ends: drop its bookkeeping so nothing leaks."""
-        try:
-            yield
-        except BaseException:
-            with self._lock:
-                self._runs.pop(run_id, None)
-            raise
+        return _Forget(self, run_id)
 
     @staticmethod
     def _retry_tagged(tags: list[str] | None) -> bool:

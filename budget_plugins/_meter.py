@@ -1048,6 +1048,8 @@ class Meter:
 
     def _flush_plan(self, force: bool, *, deferrable: bool = True) -> list[tuple[str, Sequence[Scope], dict[str, int]]]:
         """The commits a flush sends now (both doors)."""
+        if not (self._pending or self._unsynced or self._run_unsynced):
+            return []  # nothing deferred: no lock to take
         if deferrable and not force and self._remote and (self._pending or self._unsynced):
             _settler.schedule(self, SETTLE_DELAY)  # a next reservation may carry it: no round trip
             return []
