@@ -338,7 +338,8 @@ class _PromptSizes:
     An agent loop re-sends its whole history on every call, as the same message
     objects: each history is remembered (one per first message, i.e. per agent
     sharing the client), and the messages it still starts with are not measured
-    again. The estimate is the one of the whole prompt: about 4 characters a
+    again (so it keeps the last prompts of up to four agents, as their contexts
+    do). The estimate is the one of the whole prompt: about 4 characters a
     token over the message texts, function calls and results, and tool schemas.
     """
 
