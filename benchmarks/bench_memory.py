@@ -78,10 +78,12 @@ def memory(config: Config) -> Section:
         " (calls, tokens and cost limited; one shared frozen `Budget` object) that has made one model call"
         " through its callbacks (one reservation and its commit); `tracemalloc` difference of the live heap"
         " after `gc.collect()`, divided by the number of runs. Two ledger set-ups: one `InMemoryLedger`"
-        " shared by all runs (a server), and the handler's default (no `ledger=`: a fresh ledger per handler).",
+        " shared by all runs (a server), and the handler's default (no `ledger=`: a ledger of its own, which an"
+        " exclusive run scope without ceilings never needs, so it is not made). The run scope itself is counted"
+        " in process by the handler's `Meter` either way.",
         columns=("bytes per run scope", "—"),
     )
-    for shared, label in ((True, "shared InMemoryLedger"), (False, "default: one InMemoryLedger per handler")):
+    for shared, label in ((True, "shared InMemoryLedger"), (False, "default: no ledger= (made only when needed)")):
         per_run, top = _measure(runs, shared)
         section.rows.append(
             Row(
