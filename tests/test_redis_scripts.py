@@ -1,14 +1,17 @@
-"""The Redis ledger sends its scripts by SHA and loads them again when the server has forgotten them."""
+"""How the Redis ledger talks to its scripts: by SHA (reloaded when forgotten), and the data it reads back."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 
 import redis
 import redis.asyncio
 
 from budget_plugins import AsyncRedisLedger, RedisLedger, Scope
+from budget_plugins._redis._core import Keys, hash_tag, scope_token
 
 
 def _scope() -> Scope:
@@ -40,3 +43,32 @@ def test_the_async_ledger_reloads_a_flushed_script_too(redis_cluster_url: str) -
         return first, again.granted and again.usage[0].used == {"steps": 1}
 
     assert asyncio.run(main()) == (True, True)
+
+
+def test_holds_written_as_pair_lists_by_earlier_versions_are_still_settled_and_swept(redis_url: str) -> None:
+    namespace = "pairs"
+    ledger = RedisLedger(redis_url, namespace=namespace)
+    tenant = uuid.uuid4().hex
+    scope = Scope("tenant", tenant, tenant=tenant, limits={"steps": 10, "cost_usd": 100})
+    assert ledger.reserve("a", [scope], {"steps": 2, "cost_usd": 5}).granted
+    assert ledger.reserve("b", [scope], {"steps": 1}, lease_seconds=0.05).granted
+    keys, token = Keys(hash_tag(namespace, tenant)), scope_token(scope)
+    with redis.Redis.from_url(redis_url) as client:
+        for rid in ("a", "b"):
+            record = keys.reservation(rid)
+            state, expiry, at, member = client.get(record).split(b" ", 3)
+            amounts, rest = member.split(b"\n", 1)
+            flat = json.loads(amounts)
+            pairs = [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]
+            old = json.dumps(pairs, separators=(",", ":")).encode() + b"\n" + rest
+            score = client.zscore(keys.holds(token), member)
+            assert client.zrem(keys.holds(token), member) == 1
+            client.zadd(keys.holds(token), {old: score})
+            client.set(record, b" ".join([state, expiry, at, old]), px=client.pttl(record))
+    settlement = ledger.commit("a", [scope], {"steps": 2, "cost_usd": 7})
+    assert settlement.status == "committed" and settlement.overage == {"cost_usd": 2}
+    time.sleep(0.1)
+    assert ledger.sweep([tenant]) == 1
+    snap = ledger.snapshot(scope)
+    assert snap.held == {} and snap.used == {"steps": 2, "cost_usd": 7}
+    ledger.close()

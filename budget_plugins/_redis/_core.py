@@ -386,8 +386,8 @@ class ScopeStatus:
         return {dim: limit - self.usage.in_use(dim) for dim, limit in self.usage.limits.items()}
 
 
-def _pairs(amounts: Mapping[str, int]) -> list[list[str]]:
-    return [[dim, str(amount)] for dim, amount in amounts.items()]
+def _flat(amounts: Mapping[str, int]) -> list[str]:
+    return [item for dim, amount in amounts.items() for item in (dim, str(amount))]
 
 
 @functools.lru_cache(maxsize=1024)
@@ -396,13 +396,30 @@ def _dim_json(dim: str) -> str:
 
 
 def _pairs_json(amounts: Mapping[str, int]) -> str:
-    """``_dumps(_pairs(amounts))``, from cached dimension names (the hot path's payload).
+    """Amounts as the scripts take them: a flat JSON list ``[dim, "n", ...]`` (one Lua table to decode).
+
+    Encoded from cached dimension names (the hot path's payload).
 
     Example:
-        >>> _pairs_json({"cost_usd": 27, 'a"b': 1}) == _dumps(_pairs({"cost_usd": 27, 'a"b': 1}))
+        >>> _pairs_json({"cost_usd": 27, "steps": 1})
+        '["cost_usd","27","steps","1"]'
+        >>> _pairs_json({"cost_usd": 27, 'a"b': 1}) == _dumps(_flat({"cost_usd": 27, 'a"b': 1}))
         True
     """
-    return "[" + ",".join(f'[{_dim_json(dim)},"{amount}"]' for dim, amount in amounts.items()) + "]"
+    return "[" + ",".join(f'{_dim_json(dim)},"{amount}"' for dim, amount in amounts.items()) + "]"
+
+
+def _hold_amounts(text: str) -> dict[str, int]:
+    """A hold member's amounts: flat ``[dim, "n", ...]``, or pairs as earlier versions wrote them.
+
+    Example:
+        >>> _hold_amounts('["cost_usd","27"]') == _hold_amounts('[["cost_usd","27"]]') == {"cost_usd": 27}
+        True
+    """
+    items = json.loads(text)
+    if items and isinstance(items[0], list):
+        return {dim: int(amount) for dim, amount in items}
+    return {items[i]: int(items[i + 1]) for i in range(0, len(items), 2)}
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
@@ -512,7 +529,7 @@ class Core:
             {
                 "t": token.decode(),
                 "w": scope.window or "",
-                "l": _pairs(limits),
+                "l": _flat(limits),
                 "L": _dumps(dict(sorted(limits.items()))) if limits else "",
                 "x": ttl,
             }
@@ -656,7 +673,7 @@ class Core:
                 return Settlement(rid, status, {}, usage)
             if status != "committed":
                 return Settlement(rid, status, dict(actual), usage)
-            hold = {dim: int(amount) for dim, amount in json.loads(_text(hold_json))}
+            hold = _hold_amounts(_text(hold_json))
             overage = {dim: v - hold.get(dim, 0) for dim, v in actual.items() if v > hold.get(dim, 0)}
             return Settlement(rid, status, overage, usage)
 

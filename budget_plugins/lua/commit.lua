@@ -3,7 +3,7 @@
 -- KEYS[1]          {tag}:i        sweeper index
 -- KEYS[2]          {tag}:r:<rid>  the reservation
 -- KEYS[3 .. 2+2n]  {tag}:s:<token>, {tag}:z:<token> for each of the n scopes to charge, in order
--- ARGV[1]  JSON {a = [[dim, "actual"], ...], tomb = tombstone ms, sweep = max holds swept per scope,
+-- ARGV[1]  JSON {a = [dim, "actual", ...], tomb = tombstone ms, sweep = max holds swept per scope,
 --                sc = [scope descriptor, ...]}
 -- Returns one string "<status>\n<hold amounts JSON or empty>\n<used> <held> ...": status
 -- committed|duplicate|expired|unknown (an expired or unknown reservation's spend is recorded all the
@@ -18,10 +18,10 @@ local fields_of = {}
 for i, sc in ipairs(scopes) do
   local fields = bp_value_fields(sc)
   local used = 'u:' .. sc.b .. ':'
-  for _, pair in ipairs(p.a) do
-    if not sc.limits[pair[1]] then
-      fields[#fields + 1] = used .. pair[1]
-      fields[#fields + 1] = 'h:' .. pair[1]
+  for j = 1, #p.a, 2 do
+    if not sc.limits[p.a[j]] then
+      fields[#fields + 1] = used .. p.a[j]
+      fields[#fields + 1] = 'h:' .. p.a[j]
     end
   end
   fields_of[i] = fields

@@ -7,7 +7,8 @@
 --                              u:<bucket>:<dim> used in that bucket ("" bucket when unwindowed)
 --                              h:<dim>          held by live reservations
 --                              L                the scope's limits (JSON, written only when they change)
---   {tag}:z:<token>    ZSET  the scope's live holds: member = "<amounts JSON>\n<rid>", score = expiry (ms)
+--   {tag}:z:<token>    ZSET  the scope's live holds: member = "<amounts JSON>\n<rid>", score = expiry (ms);
+--                              amounts JSON = flat ["dim", "n", ...] (earlier versions: [["dim", "n"], ...])
 --   {tag}:r:<rid>      STRING one reservation: "held <expiry ms> <reserved at ms> <member>" while held,
 --                              then a tombstone with a TTL: "committed", or "released <reserved at ms>"
 --                              (records written by earlier versions are hashes: st, m, e, s:<token>; still read)
@@ -85,18 +86,29 @@ local function bp_bucket(window, now_ms)
   error('budget_plugins: unknown window ' .. window)
 end
 
--- The amounts list [[dim, "n"], ...] carried by a hold member.
+-- Amounts travel as flat lists {dim, "n", dim, "n", ...}: one Lua table each (cjson builds a table per
+-- JSON array, and tables are most of the decoding cost).
+
+-- The flat amounts list carried by a hold member (members written by earlier versions hold pairs).
 local function bp_member_amounts(member)
   local cut = string.find(member, '\n', 1, true)
-  return cjson.decode(string.sub(member, 1, cut - 1))
+  local amounts = cjson.decode(string.sub(member, 1, cut - 1))
+  if type(amounts[1]) == 'table' then
+    local flat = {}
+    for i, pair in ipairs(amounts) do
+      flat[2 * i - 1], flat[2 * i] = pair[1], pair[2]
+    end
+    return flat
+  end
+  return amounts
 end
 
 -- Add (or take back) held amounts; a counter back at zero is removed.
 local function bp_add_held(skey, amounts, negative)
-  for _, pair in ipairs(amounts) do
-    local amount = pair[2]
+  for i = 1, #amounts, 2 do
+    local amount = amounts[i + 1]
     if amount ~= '0' then
-      local field = 'h:' .. pair[1]
+      local field = 'h:' .. amounts[i]
       if negative then
         amount = '-' .. amount
       end
@@ -145,7 +157,7 @@ local function bp_rollover(sc, current)
   redis.call('HSET', sc.s, 'b', sc.b)
 end
 
--- Scope descriptors from the payload: {t = token, w = window, l = [[dim, "limit"]], L = limits JSON,
+-- Scope descriptors from the payload: {t = token, w = window, l = {dim, "limit", ...}, L = limits JSON,
 -- x = idle TTL ms (0 = none)}, their keys at KEYS[first], KEYS[first + 1], ... (s, z pairs). Each
 -- scope is swept first (only when its index score says a hold may be due: one ZMSCORE for all scopes).
 -- A scope's bucket, limits and counters are then read with bp_load.
@@ -164,8 +176,9 @@ local function bp_scopes(ikey, descriptors, first, now, sweep_limit)
     local sc = {s = KEYS[first + 2 * (i - 1)], z = KEYS[first + 2 * (i - 1) + 1], t = d.t, w = d.w,
                 b = bp_bucket(d.w, now), x = d.x, l = d.l, L = d.L, limits = {}, idx = nil,
                 cur = {}, pend = {}, pend_dims = {}}
-    for _, pair in ipairs(d.l) do
-      sc.limits[pair[1]] = pair[2]
+    local l = d.l
+    for j = 1, #l, 2 do
+      sc.limits[l[j]] = l[j + 1]
     end
     if indexed[i] then
       sc.idx = tonumber(indexed[i])
@@ -181,9 +194,10 @@ end
 -- The used (current window) and held fields of a scope's limited dimensions, in the client's order.
 local function bp_value_fields(sc)
   local fields, used = {}, 'u:' .. sc.b .. ':'
-  for i, pair in ipairs(sc.l) do
-    fields[2 * i - 1] = used .. pair[1]
-    fields[2 * i] = 'h:' .. pair[1]
+  local l = sc.l
+  for i = 1, #l, 2 do
+    fields[i] = used .. l[i]
+    fields[i + 1] = 'h:' .. l[i]
   end
   return fields
 end
@@ -221,12 +235,12 @@ local function bp_incr(sc, field, amount)
   return after
 end
 
--- Add used amounts [[dim, "n"], ...] in a bucket.
+-- Add used amounts (a flat list) in a bucket.
 local function bp_add_used(sc, bucket, amounts)
   local prefix = 'u:' .. bucket .. ':'
-  for _, pair in ipairs(amounts) do
-    if pair[2] ~= '0' then
-      bp_incr(sc, prefix .. pair[1], pair[2])
+  for i = 1, #amounts, 2 do
+    if amounts[i + 1] ~= '0' then
+      bp_incr(sc, prefix .. amounts[i], amounts[i + 1])
     end
   end
 end
@@ -247,11 +261,11 @@ local function bp_pend(sc, dim, delta)
   sc.pend[dim] = acc + delta
 end
 
--- Add (sign 1) or take back (sign -1) held amounts [[dim, "n"], ...] as pending changes.
+-- Add (sign 1) or take back (sign -1) held amounts (a flat list) as pending changes.
 local function bp_pend_all(sc, amounts, sign)
-  for _, pair in ipairs(amounts) do
-    if pair[2] ~= '0' then
-      bp_pend(sc, pair[1], sign * tonumber(pair[2]))
+  for i = 1, #amounts, 2 do
+    if amounts[i + 1] ~= '0' then
+      bp_pend(sc, amounts[i], sign * tonumber(amounts[i + 1]))
     end
   end
 end
@@ -303,8 +317,8 @@ end
 -- Reads the counters loaded by bp_load over bp_value_fields, with the pending held changes.
 local function bp_find_denial(sc, requested)
   local used_prefix = 'u:' .. sc.b .. ':'
-  for _, pair in ipairs(requested) do
-    local dim, amount = pair[1], pair[2]
+  for i = 1, #requested, 2 do
+    local dim, amount = requested[i], requested[i + 1]
     local limit = sc.limits[dim]
     if amount ~= '0' and limit then
       local used, held = sc.cur[used_prefix .. dim] or '0', sc.cur['h:' .. dim] or '0'

@@ -5,9 +5,9 @@
 -- KEYS[2]                  {tag}:r:<rid>  the new reservation
 -- KEYS[3 .. 2+2n]          {tag}:s:<token>, {tag}:z:<token> for each of the n scopes, in order
 -- KEYS[3+2n .. 2+2n+k]     {tag}:r:<rid>  for each of the k reservations to settle first
--- ARGV[1]  JSON {a = [[dim, "amount"], ...] (request order), m = hold member ("<sorted amounts JSON>\n<rid>"),
+-- ARGV[1]  JSON {a = [dim, "amount", ...] (request order), m = hold member ("<sorted amounts JSON>\n<rid>"),
 --                lease = ms, enf = bool, tomb = tombstone ms, sweep = max holds swept per scope,
---                sc = [scope descriptor, ...] (see bp_scopes), st = [[[dim, "actual"], ...], ...]}
+--                sc = [scope descriptor, ...] (see bp_scopes), st = [[dim, "actual", ...], ...]}
 -- Returns, for a grant without denial (the hot path), one string:
 --   "granted <used> <held> ..."  used (current window) and held after this hold, for each scope in
 --                                order and each of its limited dimensions in the descriptor's order
