@@ -51,7 +51,7 @@ from budget_plugins._ledger import (
     add_amounts,
 )
 from budget_plugins._policy import Budget, Ceiling, micros_to_usd
-from budget_plugins._pricing import price_tokens
+from budget_plugins._pricing import price_micros, price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 _DEFAULT_HOOKS: tuple[EventHook, ...] = (LoggingHook(),)
@@ -842,21 +842,22 @@ class Meter:
             for key in ("input_tokens", "output_tokens", "total_tokens", COST_DIMENSION):
                 amounts.pop(key, None)
             if usage is not None:
-                priced = price_tokens(
-                    self.budget,
-                    ticket.model,
-                    usage,
-                    provider=self.provider,
-                    needs_price=self._cost_limited,
+                micros = price_micros(
+                    self.budget, ticket.model, usage, provider=self.provider, needs_price=self._cost_limited
                 )
-                cost = priced.cost_usd
+                # The exact dollars only for settle events (the counters keep micro-dollars).
+                cost = (
+                    price_tokens(self.budget, ticket.model, usage, provider=self.provider, needs_price=False).cost_usd
+                    if micros and self._listening("settle")
+                    else micros_to_usd(micros)
+                )
                 with self._lock:
                     self._input_floor = _floor_with(self._input_floor, ticket.model or "", usage.input_tokens)
                 amounts.update(
                     input_tokens=usage.input_tokens,
                     output_tokens=usage.output_tokens,
                     total_tokens=usage.total_tokens,
-                    **{COST_DIMENSION: priced.micros},
+                    **{COST_DIMENSION: micros},
                 )
                 amounts = {k: v for k, v in amounts.items() if v}
         with self._lock:
@@ -1254,13 +1255,7 @@ class Meter:
         output = max_output_tokens or self.budget.default_max_output_tokens
         # Nothing caps cost: no need to price the worst case (the actual cost is still priced at settle).
         cost_micros = (
-            price_tokens(
-                self.budget,
-                model,
-                TokenUsage(input_tokens, output),
-                provider=self.provider,
-                needs_price=True,
-            ).micros
+            price_micros(self.budget, model, TokenUsage(input_tokens, output), provider=self.provider)
             if self._cost_limited
             else 0
         )

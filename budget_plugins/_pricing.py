@@ -75,6 +75,52 @@ def _token_rates(model: str, provider: str | None) -> tuple[Rate, Rate, Rate, Ra
     )
 
 
+_PICO_PER_MICRO = 1_000_000
+
+
+@functools.lru_cache(maxsize=512)
+def _pico_rates(model: str, provider: str | None) -> tuple[int, int, int, int] | None:
+    """Flat token rates as integer pico-dollars a token (a $/Mtok rate is micro-dollars a token).
+
+    ``None`` when a rate is tiered or has more than six decimals (then Decimals price it).
+    """
+    rates = _token_rates(model, provider)
+    if rates is None or not all(isinstance(rate, Decimal) for rate in rates):
+        return None
+    scaled = [rate * _PICO_PER_MICRO for rate in rates]
+    if any(value != value.to_integral_value() for value in scaled):
+        return None
+    return (int(scaled[0]), int(scaled[1]), int(scaled[2]), int(scaled[3]))
+
+
+def price_micros(
+    budget: Budget,
+    model: str | None,
+    usage: TokenUsage,
+    *,
+    provider: str | None = None,
+    needs_price: bool = True,
+) -> int:
+    """:func:`price_tokens` in micro-dollars only (rounded up), in integers for flat prices.
+
+    Example:
+        >>> from budget_plugins import Budget
+        >>> price_micros(Budget(), "gpt-4o", TokenUsage(1_000, 100))
+        3500
+    """
+    rates = _pico_rates(model, provider or None) if model else None
+    if rates is None:
+        return price_tokens(budget, model, usage, provider=provider, needs_price=needs_price).micros
+    plain = max(usage.input_tokens - usage.cache_read_tokens - usage.cache_write_tokens, 0)
+    pico = (
+        plain * rates[0]
+        + usage.output_tokens * rates[1]
+        + usage.cache_read_tokens * rates[2]
+        + usage.cache_write_tokens * rates[3]
+    )
+    return -(-pico // _PICO_PER_MICRO)
+
+
 def _at(rate: Rate, total_input: int) -> Decimal:
     if isinstance(rate, Decimal):
         return rate

@@ -21,6 +21,8 @@ from budget_plugins import (
     UnpricedModelError,
     price_tokens,
 )
+from budget_plugins._policy import usd_to_micros
+from budget_plugins._pricing import price_micros
 
 
 def test_price_matches_the_database_including_cache_tokens() -> None:
@@ -97,6 +99,7 @@ def test_fast_flat_prices_equal_the_database_calculation(
         Usage(input_tokens=tokens, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write), model_ref=model
     ).total_price
     assert price_tokens(Budget(), model, usage).cost_usd == expected
+    assert price_micros(Budget(), model, usage) == usd_to_micros(expected)  # integer pico-dollar path
 
 
 @given(
@@ -116,3 +119,4 @@ def test_fast_prices_match_the_database_for_any_usage(
         Usage(input_tokens=tokens, output_tokens=out, cache_read_tokens=read, cache_write_tokens=write), model_ref=model
     ).total_price
     assert price_tokens(Budget(), model, TokenUsage(tokens, out, read, write)).cost_usd == expected
+    assert price_micros(Budget(), model, TokenUsage(tokens, out, read, write)) == usd_to_micros(expected)
