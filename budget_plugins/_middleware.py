@@ -72,15 +72,23 @@ class _Router(BaseCallbackHandler):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._runs: dict[UUID, tuple[UUID | None, str | None]] = {}  # run -> (parent, langgraph task)
+        # run -> (parent, langgraph task, the handler found when it started, if any)
+        self._runs: dict[UUID, tuple[UUID | None, str | None, BudgetCallbackHandler | None]] = {}
         self._scopes: dict[UUID, BudgetCallbackHandler] = {}  # agent graph run -> its handler
 
     def _nearest(self, run_id: UUID | None) -> BudgetCallbackHandler | None:
         with self._lock:
-            while run_id is not None:
-                if run_id in self._scopes:
-                    return self._scopes[run_id]
-                run_id = self._runs.get(run_id, (None, None))[0]
+            return self._nearest_locked(run_id)
+
+    def _nearest_locked(self, run_id: UUID | None) -> BudgetCallbackHandler | None:
+        while run_id is not None:
+            found = self._scopes.get(run_id)
+            if found is not None:
+                return found
+            parent, _, known = self._runs.get(run_id, _UNKNOWN)
+            if known is not None:
+                return known  # remembered when the run started: most lookups end here
+            run_id = parent
         return None
 
     def meter_for(self, run_id: UUID | None) -> Meter | None:
@@ -98,9 +106,9 @@ class _Router(BaseCallbackHandler):
         outermost run with that namespace.
         """
         with self._lock:
-            task = self._runs.get(run_id, (None, None))[1] if run_id is not None else None
+            task = self._runs.get(run_id, _UNKNOWN)[1] if run_id is not None else None
             graph = run_id
-            while graph is not None and task is not None and self._runs.get(graph, (None, None))[1] == task:
+            while graph is not None and task is not None and self._runs.get(graph, _UNKNOWN)[1] == task:
                 graph = self._runs[graph][0]
             if graph is None or task is None:
                 raise BudgetConfigError(
@@ -112,11 +120,12 @@ class _Router(BaseCallbackHandler):
             return self._scopes[graph]
 
     def _forward(self, event: str, *args: Any, run_id: UUID, **kwargs: Any) -> None:
-        if event.endswith("_start"):
-            metadata = kwargs.get("metadata") or {}
-            with self._lock:
-                self._runs[run_id] = (kwargs.get("parent_run_id"), metadata.get("langgraph_checkpoint_ns"))
-        handler = self._nearest(run_id)
+        with self._lock:
+            if event.endswith("_start"):
+                parent = kwargs.get("parent_run_id")
+                task = (kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns")
+                self._runs[run_id] = (parent, task, self._nearest_locked(parent))
+            handler = self._nearest_locked(run_id)
         ended = event.endswith(("_end", "_error"))
         try:
             if handler is not None:
@@ -144,6 +153,7 @@ def _forwarder(event: str) -> Callable[..., None]:
 for _event in _FORWARDED:
     setattr(_Router, _event, _forwarder(_event))
 
+_UNKNOWN: tuple[None, None, None] = (None, None, None)
 _router = _Router()
 _router_var: ContextVar[_Router | None] = ContextVar("budget_plugins_agent_router", default=_router)
 _registered = threading.Event()
