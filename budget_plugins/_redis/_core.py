@@ -492,10 +492,14 @@ class Core:
         self._replay: collections.deque[Step] = collections.deque()
         self._replay_lock = threading.Lock()
         self._descriptors: dict[tuple[Any, ...], tuple[str, tuple[str, ...]]] = {}
+        self._head = f'{{"tomb":{_ms(options.tombstone_seconds)},"sweep":{options.sweep_batch},'
 
     # -- encoding ----------------------------------------------------------------
 
     def _keys_for(self, scopes: Sequence[Scope]) -> Keys:
+        tenant = scopes[0].tenant if scopes else ""
+        if all(scope.tenant == tenant for scope in scopes):
+            return Keys(hash_tag(self.options.namespace, tenant))
         tenants = {scope.tenant for scope in scopes}
         if len(tenants) > 1:
             raise BudgetConfigError(
@@ -551,9 +555,8 @@ class Core:
 
     def _payload(self, descriptors: str, **fields: str) -> bytes:
         """ARGV[1]: the common fields, ``fields`` (each already JSON text) and the scope descriptors."""
-        head = f'{{"tomb":{_ms(self.options.tombstone_seconds)},"sweep":{self.options.sweep_batch},'
         body = "".join(f'"{name}":{value},' for name, value in fields.items())
-        return _b(head + body + '"sc":' + descriptors + "}")
+        return _b(self._head + body + '"sc":' + descriptors + "}")
 
     def _compact(
         self,
@@ -570,8 +573,8 @@ class Core:
         by_token: dict[bytes, ScopeUsage] = {}
         at = 0
         for scope, token in unique:
-            limited = self._descriptor(scope, token)[1]
-            dims = [*limited, *(dim for dim in extra_dims if dim not in scope.limits)]
+            # The script reports the limited dimensions in the descriptor's order: the limits' own.
+            dims = [*scope.limits, *(dim for dim in extra_dims if dim not in scope.limits)]
             used: dict[str, int] = {}
             held: dict[str, int] = {}
             for dim in dims:
@@ -873,6 +876,8 @@ class Core:
             self._replay.append(step)
 
     def _drain_replay(self) -> Generator[Step, Any, None]:
+        if not self._replay:  # the usual case, without taking the lock
+            return
         while True:
             with self._replay_lock:
                 if not self._replay:
