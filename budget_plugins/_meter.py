@@ -1091,6 +1091,8 @@ class Meter:
             >>> m.usage().used["tool_calls"], m.reached(["tool_calls"]).used
             (2, 2)
         """
+        if usage is None and self._is_local(request):
+            return self._charge_locally(request, meta, observed=True, failed=failed)
         ticket = self._reserve(request, meta, observed=True)
         self.commit(ticket, usage, failed=failed)
         return ticket
@@ -1182,6 +1184,8 @@ class Meter:
         self, request: Request, usage: TokenUsage | None = None, *, failed: bool = False, **meta: Any
     ) -> Ticket:
         """Async twin of :meth:`record`."""
+        if usage is None and self._is_local(request):
+            return self._charge_locally(request, meta, observed=True, failed=failed)  # in process: nothing to await
         ticket = await self._areserve(request, meta, observed=True)
         await self.acommit(ticket, usage, failed=failed)
         return ticket
@@ -1350,13 +1354,27 @@ class Meter:
             ticket = self.reserve(request, **meta)
             self.commit(ticket)
             return ticket
-        self._prepare(request, take_pending=False)
-        denial, _, views = self._hold_locally(request, self.budget.mode == "enforce", charge=True)
-        if denial is not None:
+        return self._charge_locally(request, meta)
+
+    def _charge_locally(
+        self, request: Request, meta: dict[str, Any], *, observed: bool = False, failed: bool | None = None
+    ) -> Ticket:
+        """Check (unless ``observed``) and count in process at once a request no shared scope limits.
+
+        ``failed`` updates the consecutive-failure count as a settlement does (None: leave it).
+        """
+        self._prepare(request, take_pending=False, observed=observed)
+        denial, _, views = self._hold_locally(request, not observed and self.budget.mode == "enforce", charge=True)
+        if denial is not None and not observed:
             self._refuse(Decision.deny(denial), request, views)  # raises unless in shadow mode
         ticket = self._interpret(views, request, **meta)
         ticket.local = ticket.settled = True
-        self._settled_locally({k: v for k, v in request.amounts.items() if v}, True)
+        amounts = {k: v for k, v in request.amounts.items() if v}
+        if failed is not None:
+            with self._lock:
+                self._failures = self._failures + 1 if failed else 0
+        self._settled_locally(amounts, True)
+        self._after_settle(ticket, None, None, Decimal(0))
         return ticket
 
     def report(self) -> dict[str, Any]:
