@@ -171,6 +171,7 @@ class Ticket:
     """A granted reservation for one call, to settle with ``commit`` or ``release``."""
 
     reservation_id: str
+    """The ledger's idempotency key; empty for a call held only in process (``local``)."""
     request: Request
     decision: Decision
     model: str | None = None
@@ -659,7 +660,8 @@ class Meter:
         denial, granted, views = self._hold_locally(request, enforce) if self._owners else (None, True, [])
         if not granted:
             self._requeue(settle)
-        return _Step(_new_id(), settle, denial, views, local, not local and granted, enforce)
+        rid = "" if local else _new_id()  # an id only for what the ledger sees (idempotency)
+        return _Step(rid, settle, denial, views, local, not local and granted, enforce)
 
     def _ask(self, step: _Step, request: Request) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The shared ledger's reserve arguments."""
