@@ -209,7 +209,8 @@ class _RunCounters:
             denial = None if found is None else Denial(*found, scope.kind, scope.id)
             if denial is None or not enforce:
                 add_amounts(self.used if charge else self.held, amounts)
-            return denial, ScopeUsage(scope.label, dict(self.used), dict(self.held), scope.limits)
+            # The live counters, read at once by the meter (a refusal copies them): no copies per call.
+            return denial, ScopeUsage(scope.label, self.used, self.held, scope.limits)
 
     def uncharge(self, amounts: Mapping[str, int]) -> None:
         with self.lock:
