@@ -45,7 +45,7 @@ def test_the_async_ledger_reloads_a_flushed_script_too(redis_cluster_url: str) -
     assert asyncio.run(main()) == (True, True)
 
 
-def test_holds_written_as_pair_lists_by_earlier_versions_are_still_settled_and_swept(redis_url: str) -> None:
+def test_hold_members_written_as_flat_lists_are_settled_and_swept_too(redis_url: str) -> None:
     namespace = "pairs"
     ledger = RedisLedger(redis_url, namespace=namespace)
     tenant = uuid.uuid4().hex
@@ -58,13 +58,14 @@ def test_holds_written_as_pair_lists_by_earlier_versions_are_still_settled_and_s
             record = keys.reservation(rid)
             state, expiry, at, member = client.get(record).split(b" ", 3)
             amounts, rest = member.split(b"\n", 1)
-            flat = json.loads(amounts)
-            pairs = [[flat[i], flat[i + 1]] for i in range(0, len(flat), 2)]
-            old = json.dumps(pairs, separators=(",", ":")).encode() + b"\n" + rest
+            pairs = json.loads(amounts)
+            assert pairs and all(isinstance(pair, list) for pair in pairs)  # written as every version reads
+            flat = [item for pair in pairs for item in pair]
+            flat_member = json.dumps(flat, separators=(",", ":")).encode() + b"\n" + rest
             score = client.zscore(keys.holds(token), member)
             assert client.zrem(keys.holds(token), member) == 1
-            client.zadd(keys.holds(token), {old: score})
-            client.set(record, b" ".join([state, expiry, at, old]), px=client.pttl(record))
+            client.zadd(keys.holds(token), {flat_member: score})
+            client.set(record, b" ".join([state, expiry, at, flat_member]), px=client.pttl(record))
     settlement = ledger.commit("a", [scope], {"steps": 2, "cost_usd": 7})
     assert settlement.status == "committed" and settlement.overage == {"cost_usd": 2}
     time.sleep(0.1)

@@ -409,6 +409,19 @@ def _pairs_json(amounts: Mapping[str, int]) -> str:
     return "[" + ",".join(f'{_dim_json(dim)},"{amount}"' for dim, amount in amounts.items()) + "]"
 
 
+def _member_json(amounts: Mapping[str, int]) -> str:
+    """A hold member's amounts: pairs ``[[dim, "n"], ...]``, sorted by dimension.
+
+    Members stay in the format earlier versions wrote and read, so old and new processes can sweep
+    each other's holds during a rolling upgrade (the scripts read flat lists too).
+
+    Example:
+        >>> _member_json({"steps": 1, "cost_usd": 27})
+        '[["cost_usd","27"],["steps","1"]]'
+    """
+    return "[" + ",".join(f'[{_dim_json(dim)},"{amount}"]' for dim, amount in sorted(amounts.items())) + "]"
+
+
 def _hold_amounts(text: str) -> dict[str, int]:
     """A hold member's amounts: flat ``[dim, "n", ...]``, or pairs as earlier versions wrote them.
 
@@ -618,7 +631,7 @@ class Core:
         payload = self._payload(
             descriptors,
             a=_pairs_json(amounts),
-            m=_dumps(_pairs_json(dict(sorted(amounts.items()))) + "\n" + rid),
+            m=_dumps(_member_json(amounts) + "\n" + rid),
             lease=str(_ms(lease_seconds)),
             enf="true" if enforce else "false",
             st="[" + ",".join(_pairs_json(actual) for _, actual in settle) + "]",

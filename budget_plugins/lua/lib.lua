@@ -8,7 +8,7 @@
 --                              h:<dim>          held by live reservations
 --                              L                the scope's limits (JSON, written only when they change)
 --   {tag}:z:<token>    ZSET  the scope's live holds: member = "<amounts JSON>\n<rid>", score = expiry (ms);
---                              amounts JSON = flat ["dim", "n", ...] (earlier versions: [["dim", "n"], ...])
+--                              amounts JSON = [["dim", "n"], ...] (a flat ["dim", "n", ...] is read too)
 --   {tag}:r:<rid>      STRING one reservation: "held <expiry ms> <reserved at ms> <member>" while held,
 --                              then a tombstone with a TTL: "committed", or "released <reserved at ms>"
 --                              (records written by earlier versions are hashes: st, m, e, s:<token>; still read)
@@ -89,7 +89,9 @@ end
 -- Amounts travel as flat lists {dim, "n", dim, "n", ...}: one Lua table each (cjson builds a table per
 -- JSON array, and tables are most of the decoding cost).
 
--- The flat amounts list carried by a hold member (members written by earlier versions hold pairs).
+-- The amounts carried by a hold member, as a flat list. Members are written as pairs, the format every
+-- version reads (processes of two versions sweep each other's holds during a rolling upgrade); a flat
+-- list is read too, so a later version may write one.
 local function bp_member_amounts(member)
   local cut = string.find(member, '\n', 1, true)
   local amounts = cjson.decode(string.sub(member, 1, cut - 1))
@@ -206,6 +208,9 @@ end
 -- string (false when absent). The window is rolled over (it keeps the current bucket's fields) and
 -- changed limits are written.
 local function bp_load(sc, fields)
+  if #fields == 0 and sc.w == '' and sc.L == '' then
+    return -- nothing to read or check
+  end
   local got = redis.call('HMGET', sc.s, 'b', 'L', unpack(fields))
   if sc.w ~= '' and got[1] ~= sc.b then
     bp_rollover(sc, got[1])
