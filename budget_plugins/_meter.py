@@ -130,6 +130,7 @@ def _write_unwritten_run_scopes() -> None:
 
 
 _TOKEN_DIMENSIONS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
+_SETTLED_BY_USAGE = _TOKEN_DIMENSIONS | {COST_DIMENSION}
 
 REACHED_DIMENSIONS = ("model_calls", "steps", "input_tokens", "output_tokens", "total_tokens", COST_DIMENSION)
 """What :meth:`Meter.reached` looks at by default: counters every further call needs."""
@@ -737,16 +738,17 @@ class Meter:
                 fraction, dimension = share, dim
                 limit, in_use = scope.limits[dim], view.in_use(dim)
                 scope_kind, scope_id = scope.kind, scope.id
-        if dimension is None:
-            decision = _ALLOW
-        else:
+        if dimension is not None:
             action = classify(self.budget, fraction)
+        if action == "allow":
+            decision = _ALLOW  # no threshold reached: one shared decision, nothing built per call
+        else:
             decision = Decision(
                 action,
                 dimension,
                 limit,
                 in_use,
-                request.amounts.get(dimension, 0),
+                request.amounts.get(dimension or "", 0),
                 scope_kind,
                 scope_id,
                 fraction,
@@ -839,11 +841,11 @@ class Meter:
     def _settle_amounts(
         self, ticket: Ticket, usage: TokenUsage | None, failed: bool
     ) -> tuple[dict[str, int], TokenUsage | None, Decimal]:
-        amounts = {k: v for k, v in ticket.request.amounts.items() if v}
         cost = Decimal(0)
-        if ticket.request.kind == "model_call":
-            for key in ("input_tokens", "output_tokens", "total_tokens", COST_DIMENSION):
-                amounts.pop(key, None)
+        if ticket.request.kind != "model_call":
+            amounts = {k: v for k, v in ticket.request.amounts.items() if v}
+        else:  # the held tokens and cost are replaced by the actual ones
+            amounts = {k: v for k, v in ticket.request.amounts.items() if v and k not in _SETTLED_BY_USAGE}
             if usage is not None:
                 micros = price_micros(
                     self.budget, ticket.model, usage, provider=self.provider, needs_price=self._cost_limited
@@ -856,13 +858,14 @@ class Meter:
                 )
                 with self._lock:
                     self._input_floor = _floor_with(self._input_floor, ticket.model or "", usage.input_tokens)
-                amounts.update(
-                    input_tokens=usage.input_tokens,
-                    output_tokens=usage.output_tokens,
-                    total_tokens=usage.total_tokens,
-                    **{COST_DIMENSION: micros},
-                )
-                amounts = {k: v for k, v in amounts.items() if v}
+                for key, value in (
+                    ("input_tokens", usage.input_tokens),
+                    ("output_tokens", usage.output_tokens),
+                    ("total_tokens", usage.total_tokens),
+                    (COST_DIMENSION, micros),
+                ):
+                    if value:
+                        amounts[key] = value
         with self._lock:
             self._failures = self._failures + 1 if failed else 0
             self.spent_micros += amounts.get(COST_DIMENSION, 0)
