@@ -142,7 +142,7 @@ def callback_overhead(config: Config) -> Section:
         )
     )
     if not config.quick and not section.rows[0].met:
-        section.notes += ["", *profile(run(lambda: [new_handler()]))]
+        section.notes += ["", *profile(_without_budget_router(run(lambda: [new_handler()])))]
     return section
 
 
@@ -219,9 +219,9 @@ def react_loop(config: Config) -> Section:
         timings.row("BudgetCallbackHandler", "no-op handler", label="handler / no-op handler"),
     ]
     if not config.quick and guarded_graph is not None and not section.rows[0].met:
-        section.notes += profile(lambda: invoke(guarded_graph, []))
+        section.notes += profile(_without_budget_router(lambda: invoke(guarded_graph, [])))
     elif not config.quick and not section.rows[0].met:
-        section.notes += profile(with_handler)
+        section.notes += profile(_without_budget_router(with_handler))
     return section
 
 

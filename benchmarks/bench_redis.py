@@ -216,6 +216,7 @@ def _throughput(port: int, counts: list[int], rounds: int, duration: float) -> d
 
 def _round_trips(port: int, calls: int) -> dict[str, float]:
     from budget_plugins import Budget, BudgetCallbackHandler, Ceiling, RedisLedger
+    from budget_plugins._meter import SETTLE_DELAY
 
     client = _client(port, counting=True)
     meter = _meter(port, client)
@@ -249,14 +250,18 @@ def _round_trips(port: int, calls: int) -> dict[str, float]:
         "handler with a tenant cost ceiling, one-call chain `ChatPromptTemplate` then model (one root run per call)"
     ] = (_sent_so_far() - before) / calls
 
+    handler.meter.flush()  # what that handler still owes Redis is not counted below
+
     model_calls = max(calls // 5, 3)
     script = [Turn("again", tools=[("search", {"query": "q"})])] * (model_calls - 1) + [Turn("done")]
     agent = create_agent(ScriptedChatModel(turns=lambda: iter(script)), [counting_tool()])
     handler = BudgetCallbackHandler(limits, ledger=ledger, hooks=[], **shared)
     before = _sent_so_far()
     agent.invoke({"messages": [("user", "go")]}, config={"callbacks": [handler], "recursion_limit": 10 * model_calls})
-    used = handler.report()["used"]
     sent = _sent_so_far() - before
+    time.sleep(SETTLE_DELAY + 0.3)  # the settler sends what the finished run still owes Redis
+    after = _sent_so_far() - before - sent
+    used = handler.report()["used"]
     shape = f"{used['model_calls']} model calls, {used.get('tool_calls', 0)} tool calls, {used.get('steps', 0)} steps"
     found[f"handler with a tenant cost ceiling, `create_agent` loop ({shape}): per model call"] = (
         sent / used["model_calls"]
@@ -264,6 +269,7 @@ def _round_trips(port: int, calls: int) -> dict[str, float]:
     found[f"handler with a tenant cost ceiling, `create_agent` loop ({shape}): per model or tool call"] = sent / (
         used["model_calls"] + used.get("tool_calls", 0)
     )
+    found["after that run ended: sent by the background settler (its last settlement, the run scope's copy)"] = after
     return found
 
 
@@ -372,13 +378,14 @@ def redis_ledger(config: Config) -> Section:
     with redis_server() as port:
         trips = _round_trips(port, config.pick(200, 10))
         for name, value in trips.items():
+            after_run = name.startswith("after")
             section.rows.append(
                 Row(
-                    f"round trips per guarded call: {name}",
+                    f"round trips per run, {name}" if after_run else f"round trips per guarded call: {name}",
                     value,
-                    target="≤ 1.00",
-                    met=value <= 1.0,
-                    fmt="{:.2f}",
+                    target="(reference)" if after_run else "≤ 1.00",
+                    met=None if after_run else value <= 1.0,
+                    fmt="{:.0f}" if after_run else "{:.2f}",
                 )
             )
         timings, singles, pings = _latency(port, config)
