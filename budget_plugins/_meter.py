@@ -592,6 +592,8 @@ class Meter:
         if self._local is None:
             return False  # the run scope itself is in the ledger
         shared = self._shared_dims
+        if not shared:
+            return True  # no shared scope limits anything
         return not any(amount and dim in shared for dim, amount in request.amounts.items())
 
     def _take_pending(self) -> list[tuple[str, dict[str, int]]]:
