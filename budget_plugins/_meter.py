@@ -24,7 +24,6 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from types import MappingProxyType
 from typing import Any
 
 from budget_plugins._decide import (
@@ -39,6 +38,7 @@ from budget_plugins._decide import (
 )
 from budget_plugins._errors import COST_DIMENSION, BudgetConfigError, BudgetExceeded, format_amount
 from budget_plugins._events import BudgetEvent, EventHook, LoggingHook, emit
+from budget_plugins._inprocess import RUN_WRITE_INTERVAL, SETTLE_DELAY, RunCounters, budget_limits, settler
 from budget_plugins._ledger import (
     DEFAULT_LEASE_SECONDS,
     AsyncLedger,
@@ -48,7 +48,6 @@ from budget_plugins._ledger import (
     Scope,
     ScopeKey,
     Settlement,
-    add_amounts,
 )
 from budget_plugins._policy import Budget, Ceiling, micros_to_usd
 from budget_plugins._pricing import price_micros, price_tokens
@@ -58,71 +57,13 @@ _DEFAULT_HOOKS: tuple[EventHook, ...] = (LoggingHook(),)
 
 _NO_DIMENSIONS: frozenset[str] = frozenset()
 
-RUN_WRITE_INTERVAL = 1.0
-"""Seconds between writes of an exclusive run scope's copy to a remote ledger when runs end."""
-
-SETTLE_DELAY = 0.2
-"""Seconds a finished run's last settlement on a remote ledger waits for a next reservation
-of the same meter to carry it (no round trip of its own) before it is sent by itself."""
-
 _unwritten: weakref.WeakSet[Meter] = weakref.WeakSet()
 _log = logging.getLogger("budget_plugins")
 
 
-class _Settler:
-    """One daemon thread per process that sends what finished runs left for a remote ledger.
-
-    A run that ends leaves its last settlement (and its run scope's copy) pending:
-    if the same meter reserves again soon, the settlement rides along with that
-    reservation; otherwise this thread sends it after :data:`SETTLE_DELAY` (the
-    copy after :data:`RUN_WRITE_INTERVAL`), off the caller's path. What is still
-    pending when the interpreter exits is sent then.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._due: dict[Meter, float] = {}
-        self._thread: threading.Thread | None = None
-
-    def schedule(self, meter: Meter, delay: float) -> None:
-        with self._cond:
-            due = time.monotonic() + delay
-            if due < self._due.get(meter, math.inf):
-                self._due[meter] = due
-            if self._thread is None or not self._thread.is_alive():  # also after a fork
-                self._thread = threading.Thread(target=self._run, name="budget_plugins-settler", daemon=True)
-                self._thread.start()
-            self._cond.notify()
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                now = time.monotonic()
-                due = [meter for meter, when in self._due.items() if when <= now]
-                if not due:
-                    self._cond.wait(min(self._due.values(), default=now + 60.0) - now)
-                    continue
-                for meter in due:
-                    del self._due[meter]
-            for meter in due:
-                try:
-                    meter._flush_due()
-                except Exception:  # the ledger is down: what was not sent is pending again
-                    _log.warning("could not settle run %s; retrying", meter.run_id, exc_info=True)
-                    self.schedule(meter, RUN_WRITE_INTERVAL)
-
-    def drain(self) -> list[Meter]:
-        with self._cond:
-            meters, self._due = list(self._due), {}
-        return meters
-
-
-_settler = _Settler()
-
-
 @atexit.register
 def _write_unwritten_run_scopes() -> None:
-    for meter in {*_unwritten, *_settler.drain()}:
+    for meter in {*_unwritten, *settler.drain()}:
         try:
             meter.flush()
         except BaseException:  # best effort at exit: the ledger may be gone already
@@ -182,82 +123,6 @@ class Ticket:
     settled: bool = False
     local: bool = False
     """Held only in process (no shared scope limits it): its usage reaches the ledger later."""
-
-
-class _RunCounters:
-    """An exclusive run scope's counters, kept in this process.
-
-    Only this process writes the scope, so a hold needs no reservation id, lease
-    or tombstone: it is the request's amounts, and the ticket settles it once.
-    """
-
-    __slots__ = ("held", "lock", "used")
-
-    def __init__(self, lock: threading.Lock) -> None:
-        self.lock = lock  # the owning meter's
-        self.used: dict[str, int] = {}
-        self.held: dict[str, int] = {}
-
-    def hold(
-        self, scope: Scope, amounts: Mapping[str, int], enforce: bool, *, charge: bool = False
-    ) -> tuple[Denial | None, ScopeUsage]:
-        """Hold ``amounts`` unless a limit refuses (and ``enforce``); the denial and the view after.
-
-        With ``charge``, the amounts are counted as used at once (nothing to settle).
-        """
-        with self.lock:
-            found = find_denial(scope.limits, self.used, self.held, amounts)
-            denial = None if found is None else Denial(*found, scope.kind, scope.id)
-            if denial is None or not enforce:
-                add_amounts(self.used if charge else self.held, amounts)
-            # The live counters, read at once by the meter (a refusal copies them): no copies per call.
-            return denial, ScopeUsage(scope.label, self.used, self.held, scope.limits)
-
-    def uncharge(self, amounts: Mapping[str, int]) -> None:
-        with self.lock:
-            add_amounts(self.used, amounts, -1)
-
-    def settle(self, held: Mapping[str, int], actual: Mapping[str, int]) -> None:
-        with self.lock:
-            self._unhold(held)
-            add_amounts(self.used, actual)
-
-    def release(self, held: Mapping[str, int]) -> None:
-        with self.lock:
-            self._unhold(held)
-
-    def _unhold(self, held: Mapping[str, int]) -> None:
-        add_amounts(self.held, held, -1)
-        if not self.held:
-            self.held = {}  # a dict never shrinks: an idle scope keeps an empty one
-
-    def add(self, actual: Mapping[str, int]) -> None:
-        with self.lock:
-            add_amounts(self.used, actual)
-
-    def view(self, scope: Scope) -> ScopeUsage:
-        with self.lock:
-            return ScopeUsage(scope.label, dict(self.used), dict(self.held), scope.limits)
-
-
-_LIMITS: dict[int, tuple[Budget, Mapping[str, int], Mapping[str, int]]] = {}
-
-
-def _budget_limits(budget: Budget) -> tuple[Mapping[str, int], Mapping[str, int]]:
-    """A budget's run-scope limits (final, ordinary), computed once per frozen budget and shared."""
-    hit = _LIMITS.get(id(budget))
-    if hit is not None and hit[0] is budget:
-        return hit[1], hit[2]
-    final = MappingProxyType(budget.counter_limits())
-    ordinary = (
-        final
-        if budget.finalization_reserve == 0
-        else MappingProxyType(effective_limits(final, budget.finalization_reserve, final=False))
-    )
-    if len(_LIMITS) >= 512:
-        _LIMITS.clear()
-    _LIMITS[id(budget)] = (budget, final, ordinary)  # the reference keeps the id from being reused
-    return final, ordinary
 
 
 class Meter:
@@ -425,7 +290,7 @@ class Meter:
         self.level: Action = "allow"
         self.exhausted: BudgetExceeded | None = None
         self.spent_micros = 0
-        final_limits, run_limits = _budget_limits(budget)
+        final_limits, run_limits = budget_limits(budget)
         if extra_limits:
             final_limits = {**final_limits, **extra_limits}
             run_limits = effective_limits(final_limits, budget.finalization_reserve, final=False)
@@ -440,7 +305,7 @@ class Meter:
         # are the run scopes of enclosing meters that are exclusive. The ledger holds
         # the other scopes, and records the run scopes later (see flush).
         own = run_id is None if exclusive is None else exclusive
-        self._local: _RunCounters | None = _RunCounters(self._lock) if own else None
+        self._local: RunCounters | None = RunCounters(self._lock) if own else None
         self._unsynced: dict[str, int] | None = None
         self._run_unsynced: dict[str, int] | None = None
         self._run_written = float("-inf")
@@ -626,7 +491,7 @@ class Meter:
             if not self._run_unsynced or (not force and wait > 0):
                 if self._run_unsynced:
                     _unwritten.add(self)  # written at the latest when the interpreter exits
-                    _settler.schedule(self, wait)
+                    settler.schedule(self, wait)
                 return None
             amounts, self._run_unsynced, self._run_written = self._run_unsynced, None, now
         _unwritten.discard(self)
@@ -1060,7 +925,7 @@ class Meter:
         if not (self._pending or self._unsynced or self._run_unsynced):
             return []  # nothing deferred: no lock to take
         if deferrable and not force and self._remote and (self._pending or self._unsynced):
-            _settler.schedule(self, SETTLE_DELAY)  # a next reservation may carry it: no round trip
+            settler.schedule(self, SETTLE_DELAY)  # a next reservation may carry it: no round trip
             return []
         with self._lock:
             pending = self._take_pending()
