@@ -130,14 +130,26 @@ class Settler:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._due: dict[Flushable, float] = {}
+        self._due: dict[Flushable, tuple[float, float]] = {}  # meter -> (when, at the latest)
         self._thread: threading.Thread | None = None
 
-    def schedule(self, meter: Flushable, delay: float) -> None:
+    def schedule(self, meter: Flushable, delay: float, *, debounce: bool = False) -> None:
+        """Flush ``meter`` in ``delay`` seconds.
+
+        With ``debounce`` (a finished run's settlement), each call postpones the
+        flush, as the meter's next reservation would carry what is pending, but
+        never beyond :data:`RUN_WRITE_INTERVAL` after the first call: a busy
+        meter's run scope copy still reaches the ledger once a second.
+        """
         with self._cond:
-            due = time.monotonic() + delay
-            if due < self._due.get(meter, math.inf):
-                self._due[meter] = due
+            now = time.monotonic()
+            when, latest = self._due.get(meter, (math.inf, math.inf))
+            if debounce:
+                latest = min(latest, now + RUN_WRITE_INTERVAL)
+                when = min(now + delay, latest)
+            else:
+                when = latest = min(when, now + delay)
+            self._due[meter] = (when, latest)
             if self._thread is None or not self._thread.is_alive():  # also after a fork
                 self._thread = threading.Thread(target=self._run, name="budget_plugins-settler", daemon=True)
                 self._thread.start()
@@ -147,9 +159,9 @@ class Settler:
         while True:
             with self._cond:
                 now = time.monotonic()
-                due = [meter for meter, when in self._due.items() if when <= now]
+                due = [meter for meter, (when, _) in self._due.items() if when <= now]
                 if not due:
-                    self._cond.wait(min(self._due.values(), default=now + 60.0) - now)
+                    self._cond.wait(min((when for when, _ in self._due.values()), default=now + 60.0) - now)
                     continue
                 for meter in due:
                     del self._due[meter]

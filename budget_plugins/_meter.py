@@ -925,7 +925,7 @@ class Meter:
         if not (self._pending or self._unsynced or self._run_unsynced):
             return []  # nothing deferred: no lock to take
         if deferrable and not force and self._remote and (self._pending or self._unsynced):
-            settler.schedule(self, SETTLE_DELAY)  # a next reservation may carry it: no round trip
+            settler.schedule(self, SETTLE_DELAY, debounce=True)  # a next reservation may carry it
             return []
         with self._lock:
             pending = self._take_pending()

@@ -169,3 +169,18 @@ def test_a_failed_flush_keeps_what_it_could_not_send_and_never_counts_twice() ->
     used = ledger.snapshot(tenant).used
     assert used["model_calls"] == 1 and used["tool_calls"] == 3 and ledger.snapshot(tenant).held == {}
     assert ledger.snapshot(m.scopes()[0]).used == m.usage().used  # the run scope's copy, written once
+
+
+def test_a_busy_meter_still_reaches_the_ledger_once_a_second() -> None:
+    ledger = CountingLedger()
+    m = meter(Budget(max_model_calls=10_000), ledger, ceilings=[Ceiling(scope="tenant", max_cost_usd="100")])
+    deadline = time.monotonic() + 1.6
+    calls = 0
+    while time.monotonic() < deadline:  # back-to-back one-call runs: each settlement rides with the next
+        m.after_model_call(m.before_model_call(model="gpt-4o-mini", input_tokens=100), TokenUsage(100, 10))
+        m.flush(force=False)
+        calls += 1
+        time.sleep(0.005)
+    assert ledger.reserves == calls
+    assert ledger.commits >= 1  # the settler did not wait for the meter to go idle
+    assert ledger.snapshot(m.scopes()[0]).used["model_calls"] >= 1  # the run scope's copy, at most ~1 s old
