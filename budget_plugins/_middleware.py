@@ -204,7 +204,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
     Args:
         budget: The limits (``max_depth`` does not apply to an agent).
         ledger: Where usage lives. By default an in-memory ledger owned by the
-            middleware for thread scopes and ceilings, and one per run scope.
+            middleware for thread scopes and ceilings (run scopes are counted in process).
         ceilings: Workflow/tenant limits checked atomically with the run's.
         tenant: Tenant id for ceilings and attribution.
         workflow: Workflow id for ceilings and attribution.
@@ -251,7 +251,6 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         self.budget = budget
         self.scope = scope
         self.ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
-        self._ledger_per_run = ledger is None and scope == "run" and not ceilings
         self.end = (budget.on_exhausted or "end") == "end"
         self.last_report: dict[str, Any] | None = None
         """Usage against limits of the latest invocation that finished or was stopped."""
@@ -274,10 +273,7 @@ class BudgetMiddleware(AgentMiddleware[BudgetState, Any, Any]):
         if self.scope == "thread" and thread is None:
             raise BudgetConfigError("scope='thread' needs config={'configurable': {'thread_id': ...}}", field="scope")
         run_id = f"thread:{thread}" if self.scope == "thread" else uuid.uuid4().hex
-        args = self._meter_args
-        if self._ledger_per_run:  # nothing outlives a run scope: a long-lived agent must not grow
-            args = {**args, "ledger": InMemoryLedger()}
-        meter = Meter(self.budget, run_id=run_id, exclusive=self.scope == "run", **args)
+        meter = Meter(self.budget, run_id=run_id, exclusive=self.scope == "run", **self._meter_args)
         return BudgetCallbackHandler(meter=meter, count_steps=False, chain_checks=False)
 
     def _meter(self) -> Meter:

@@ -124,6 +124,16 @@ def test_runaway_agent_stops_at_exactly_n_tool_calls(build: Any) -> None:
     assert app.last_report["exhausted"]["dimension"] == "tool_calls"
 
 
+def test_a_long_lived_guard_keeps_no_state_per_run_in_its_ledger() -> None:
+    app = guard(
+        react_prebuilt(runaway_model(tool="search"), [counting_tool("search")]), Budget(max_model_calls=2), hooks=[]
+    )
+    for _ in range(5):
+        app.invoke(ask())
+        assert app.last_report["used"]["model_calls"] == 2  # each run starts from zero
+    assert "scopes=0" in repr(app.ledger)  # run scopes are counted in process, not kept per run
+
+
 # -- graph-specific limits -----------------------------------------------------------------
 
 

@@ -95,7 +95,6 @@ class GuardedGraph(Runnable[Any, Any]):
         self.graph, names = guard_nodes(compiled)
         self.budget = budget
         self.ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
-        self._ledger_per_run = ledger is None and scope == "run" and not ceilings
         self.scope = scope
         self.name = compiled.name
         self.last_report: dict[str, Any] | None = None
@@ -115,10 +114,8 @@ class GuardedGraph(Runnable[Any, Any]):
     # -- one invocation -------------------------------------------------------------
 
     def _new_meter(self, run_id: str) -> Meter:
-        args = self._meter_args
-        if self._ledger_per_run:  # nothing outlives a run scope: a long-lived guard must not grow
-            args = {**args, "ledger": InMemoryLedger()}
-        return Meter(self.budget, run_id=run_id, exclusive=self.scope == "run", **args)
+        # A run scope is counted in process: the shared ledger does not grow with runs.
+        return Meter(self.budget, run_id=run_id, exclusive=self.scope == "run", **self._meter_args)
 
     def _run_id(self, config: RunnableConfig) -> str:
         if self.scope == "run":
@@ -270,7 +267,7 @@ def guard(
             :class:`~budget_plugins.BudgetExceeded`.
         max_node_visits: Visits allowed per node name, e.g. ``{"critic": 3}``.
         ledger: Where usage lives. By default an in-memory ledger owned by the
-            returned graph for thread scopes and ceilings, and one per run scope.
+            returned graph for thread scopes and ceilings (run scopes are counted in process).
         ceilings: Workflow/tenant limits checked atomically with the run's.
         tenant: Tenant id for ceilings and attribution.
         workflow: Workflow id for ceilings and attribution.
