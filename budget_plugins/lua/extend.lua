@@ -9,12 +9,8 @@
 local ikey, rkey = KEYS[1], KEYS[2]
 local p = cjson.decode(ARGV[1])
 local now = bp_now_ms()
-local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
-for _, sc in ipairs(scopes) do
-  bp_load(sc, {})
-end
-local record = bp_record(rkey)
-if not bp_live(record, now) then
+local scopes, record = bp_open_hold(ikey, rkey, p, now)
+if record == nil then
   return 0
 end
 local lease = tonumber(p.lease)

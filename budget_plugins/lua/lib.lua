@@ -373,6 +373,19 @@ local function bp_live(record, now)
   return record ~= nil and record.st == 'held' and record.e > now
 end
 
+-- The prologue of release and extend: the listed scopes (swept, loaded) and the reservation's
+-- record, or nil for the record when its hold is no longer live (settled, released or expired).
+local function bp_open_hold(ikey, rkey, p, now)
+  local scopes = bp_scopes(ikey, p.sc, 3, now, p.sweep)
+  for _, sc in ipairs(scopes) do
+    bp_load(sc, {})
+  end
+  local record = bp_record(rkey)
+  if not bp_live(record, now) then
+    return scopes, nil
+  end
+  return scopes, record
+end
 
 -- Give a live hold back in every listed scope (holds in scopes not listed run out with their lease),
 -- as pending changes of each scope (written by bp_flush). Held is taken back only where ZREM removed
