@@ -26,6 +26,7 @@ from budget_plugins._events import EventHook
 from budget_plugins._ledger import Ledger
 from budget_plugins._meter import Meter, Ticket, current_meter, estimate_tokens
 from budget_plugins._policy import Budget, Ceiling
+from budget_plugins._prompts import PromptSizes
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
 _RETRY_TAG = re.compile(r"^retry:attempt:(\d+)$")
@@ -137,8 +138,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         self._runs: dict[UUID, _Run] = {}
         self._tasks: set[str] | None = None
         self._lock = threading.Lock()
-        # (first message, last message, count, tokens) of the latest prompt; see _estimate
-        self._last_prompt: tuple[BaseMessage, BaseMessage, int, int] | None = None
+        self._prompts: PromptSizes[BaseMessage] | None = None  # made at the first estimate; see _estimate
 
     # -- bookkeeping --------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         with self._lock:
             if not self._runs:
                 self._runs = {}  # a dict never shrinks: an idle handler keeps a small one
-                self._last_prompt = None  # the next run's prompt is a new one
+                self._prompts = None  # the next run's prompts are new ones
         # Remote ledgers settle a call together with the next reservation; when the
         # outermost run ends there is no next one, so settle now: usage is never left
         # to expire with its lease. The run scope's copy in the ledger is written too.
@@ -210,23 +210,14 @@ class BudgetCallbackHandler(BaseCallbackHandler):
     def _estimate(self, messages: list[BaseMessage]) -> int:
         """A prompt's token estimate, incremental over an agent loop's growing history.
 
-        A loop re-sends its history with a few messages more on every call: when
-        the prompt starts with the same message objects as the previous one, only
-        the new ones are estimated (O(1) per call instead of O(history)).
+        A loop re-sends its history with a few messages more on every call: only
+        the messages a prompt adds to the previous one are estimated (O(1) per call
+        instead of O(history)); see :class:`~budget_plugins._prompts.PromptSizes`.
         """
-        last = self._last_prompt
-        if (
-            last is not None
-            and len(messages) >= last[2]
-            and messages[0] is last[0]
-            and messages[last[2] - 1] is last[1]
-        ):
-            tokens = last[3] + _estimate_messages(messages[last[2] :])
-        else:
-            tokens = _estimate_messages(messages)
-        if messages:
-            self._last_prompt = (messages[0], messages[-1], len(messages), tokens)
-        return tokens
+        prompts = self._prompts
+        if prompts is None:
+            prompts = self._prompts = PromptSizes(_message_tokens)
+        return prompts.size(messages)
 
     def _in_graph_step(self, metadata: dict[str, Any] | None) -> bool:
         return bool(metadata and metadata.get("langgraph_node"))
@@ -408,14 +399,15 @@ def _estimate_messages(messages: list[BaseMessage]) -> int:
     Sums content lengths instead of rendering the transcript: an agent loop
     re-sends its whole history on every call.
     """
-    tokens = 0
-    for message in messages:
-        content = message.content
-        chars = len(content) if isinstance(content, str) else len(str(content))
-        if isinstance(message, AIMessage) and message.tool_calls:
-            chars += sum(len(str(call.get("args", ""))) + len(call.get("name", "")) for call in message.tool_calls)
-        tokens += (chars + 3) // 4 + 4  # rounded per message: estimates add up (see _estimate)
-    return tokens
+    return sum(_message_tokens(message) for message in messages)
+
+
+def _message_tokens(message: BaseMessage) -> int:
+    content = message.content
+    chars = len(content) if isinstance(content, str) else len(str(content))
+    if isinstance(message, AIMessage) and message.tool_calls:
+        chars += sum(len(str(call.get("args", ""))) + len(call.get("name", "")) for call in message.tool_calls)
+    return (chars + 3) // 4 + 4  # rounded per message: estimates add up (see _estimate)
 
 
 def _usage_of(response: LLMResult) -> tuple[TokenUsage | None, str | None]:

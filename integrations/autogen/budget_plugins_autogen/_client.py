@@ -21,6 +21,7 @@ from autogen_core.tools import Tool, ToolSchema
 from pydantic import BaseModel
 
 from budget_plugins import Budget, BudgetExceeded, Meter, Ticket, TokenUsage
+from budget_plugins._prompts import PromptSizes
 from budget_plugins_autogen._shared import (
     BudgetExceededError,
     ScopeConfig,
@@ -335,34 +336,21 @@ def _setting(client: ChatCompletionClient | None, key: str) -> Any:
 class _PromptSizes:
     """Prompt estimates that measure only what an agent added since its previous call.
 
-    An agent loop re-sends its whole history on every call, as the same message
-    objects: each history is remembered (one per first message, i.e. per agent
-    sharing the client), and the messages it still starts with are not measured
-    again (so it keeps the last prompts of up to four agents, as their contexts
-    do). The estimate is the one of the whole prompt: about 4 characters a
-    token over the message texts, function calls and results, and tool schemas.
+    The messages are measured incrementally by the core :class:`PromptSizes` (one
+    history per agent sharing the client, up to four, as their contexts keep them).
+    The estimate is the one of the whole prompt: about 4 characters a token over
+    the message texts, function calls and results, and tool schemas.
     """
 
-    __slots__ = ("histories", "tool_chars", "tools")
+    __slots__ = ("messages", "tool_chars", "tools")
 
     def __init__(self) -> None:
-        # per history: its messages and the running character counts (each part counts its separator)
-        self.histories: list[tuple[list[LLMMessage], list[int]]] = []
+        self.messages: PromptSizes[LLMMessage] = PromptSizes(_message_chars)  # each part counts its separator
         self.tools: list[Tool | ToolSchema] = []
         self.tool_chars = 0
 
     def tokens(self, messages: Sequence[LLMMessage], tools: Sequence[Tool | ToolSchema]) -> int:
-        history, sizes = self._history(messages)
-        same = len(history)
-        if list(messages[:same]) != history:  # the usual case (an agent adding to its history) compares in C
-            pairs = enumerate(zip(history, messages, strict=False))
-            same = next((i for i, (a, b) in pairs if a is not b), min(same, len(messages)))
-            del history[same:], sizes[same + 1 :]
-        chars = sizes[-1]
-        for message in messages[same:]:
-            chars += _message_chars(message)
-            history.append(message)
-            sizes.append(chars)
+        chars = self.messages.size(messages)
         if tools:
             schemas = list(tools)
             if schemas != self.tools:  # fresh but equal dicts on every call of an agent
@@ -372,23 +360,6 @@ class _PromptSizes:
                 )
             chars += self.tool_chars
         return (max(chars - 1, 0) + 3) // 4  # the parts joined by newlines, 4 characters a token, rounded up
-
-    def _history(self, messages: Sequence[LLMMessage]) -> tuple[list[LLMMessage], list[int]]:
-        first = messages[0] if messages else None
-        latest = self.histories[0] if self.histories else None
-        if latest is not None and latest[0] and latest[0][0] is first:  # the same agent again
-            return latest
-        for index, entry in enumerate(self.histories):
-            if entry[0] and entry[0][0] is first:
-                if index:
-                    self.histories.insert(0, self.histories.pop(index))
-                return entry
-        entry = ([], [0])
-        self.histories = [entry, *self.histories[: _HISTORIES - 1]]
-        return entry
-
-
-_HISTORIES = 4
 
 
 def _message_chars(message: LLMMessage) -> int:
