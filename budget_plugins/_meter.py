@@ -50,6 +50,7 @@ from budget_plugins._ledger import (
     Settlement,
 )
 from budget_plugins._policy import Budget, Ceiling, micros_to_usd
+from budget_plugins._prefetch import Credit, headroom, prefetch_amounts
 from budget_plugins._pricing import price_micros, price_tokens
 from budget_plugins._usage import Request, ScopeUsage, TokenUsage
 
@@ -106,6 +107,10 @@ class _Step:
     local: bool
     ask_ledger: bool
     enforce: bool
+    asked: Mapping[str, int]
+    """What the shared scopes are asked to hold: the request's amounts, or more (prefetch)."""
+    credit: Credit | None = None
+    """The prefetched hold the request was drawn from, in process."""
 
 
 @dataclass(slots=True)
@@ -123,6 +128,8 @@ class Ticket:
     settled: bool = False
     local: bool = False
     """Held only in process (no shared scope limits it): its usage reaches the ledger later."""
+    credit: Credit | None = None
+    """The prefetched hold in the shared scopes that covers this call (``prefetch``)."""
 
 
 class Meter:
@@ -172,6 +179,7 @@ class Meter:
         "_aledger",
         "_clock",
         "_cost_limited",
+        "_credits",
         "_failures",
         "_final_scope",
         "_input_floor",
@@ -180,7 +188,9 @@ class Meter:
         "_lock",
         "_owners",
         "_pending",
+        "_prefetch",
         "_remote",
+        "_room",
         "_run_scope",
         "_run_unsynced",
         "_run_written",
@@ -278,6 +288,10 @@ class Meter:
         self.lease_seconds = lease_seconds
         self._remote = bool(getattr(ledger, "remote", False))
         self.defer_commits = self._remote if defer_commits is None else defer_commits
+        # Prefetched holds (a remote ledger's `prefetch`): calls served from them in process.
+        self._prefetch = int(getattr(ledger, "prefetch", 0) or 0) if self._remote and self.defer_commits else 0
+        self._credits: dict[tuple[str, str | None], Credit] | None = None
+        self._room: dict[str, int] | None = None
         self._clock = clock
         self._lock = threading.Lock()
         self._started_at: float | None = None
@@ -524,21 +538,91 @@ class Meter:
     def _begin(self, request: Request, *, observed: bool = False) -> _Step:
         """Everything a reservation does before the shared ledger is asked (both doors)."""
         local = self._is_local(request)
-        settle = self._prepare(request, take_pending=not local, observed=observed)
         enforce = not observed and self.budget.mode == "enforce"
+        prefetch = self._prefetch and not local and enforce and not request.final
+        credit = self._draw(request) if prefetch and self._credits else None
+        try:
+            settle = self._prepare(request, take_pending=not local and credit is None, observed=observed)
+        except BaseException:
+            if credit is not None:
+                self._spend(credit, request.amounts, None)
+            raise
         denial, granted, views = self._hold_locally(request, enforce) if self._owners else (None, True, [])
         if not granted:
             self._requeue(settle)
-        rid = "" if local else _new_id()  # an id only for what the ledger sees (idempotency)
-        return _Step(rid, settle, denial, views, local, not local and granted, enforce)
+            if credit is not None:
+                self._spend(credit, request.amounts, None)
+                credit = None
+        in_ledger = not local and credit is None
+        rid = _new_id() if in_ledger else ""  # an id only for what the ledger sees (idempotency)
+        asked = prefetch_amounts(request.amounts, self._room, self._prefetch) if prefetch else request.amounts
+        return _Step(rid, settle, denial, views, local, in_ledger and granted, enforce, asked, credit)
 
     def _ask(self, step: _Step, request: Request) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The shared ledger's reserve arguments."""
-        return (step.rid, self._ledger_scopes(final=request.final), request.amounts), {
+        return (step.rid, self._ledger_scopes(final=request.final), step.asked), {
             "lease_seconds": self.lease_seconds,
             "enforce": step.enforce,
             "settle": step.settle,
         }
+
+    def _ask_exactly(self, step: _Step, request: Request, shared: Grant) -> bool:
+        """A refused prefetch: True when the request alone is to be asked for (settled already)."""
+        if shared.granted or step.asked is request.amounts:
+            return False
+        step.rid, step.settle, step.asked, self._room = _new_id(), [], request.amounts, None
+        return True
+
+    # -- prefetched holds (a remote ledger's `prefetch`) -------------------------
+
+    def _draw(self, request: Request) -> Credit | None:
+        """Serve ``request`` from a prefetched hold of its kind, if it fits (else retire that hold)."""
+        key = (request.kind, request.name)
+        with self._lock:
+            credit = self._credits.get(key) if self._credits else None
+            if credit is None:
+                return None
+            if credit.draw(request.amounts, self._clock()):
+                return credit
+            self._retire(key)
+        return None
+
+    def _retire(self, key: tuple[str, str | None]) -> None:
+        """No more draws from a hold; once its calls are settled its usage is committed to it (lock held)."""
+        assert self._credits is not None
+        credit = self._credits.pop(key)
+        credit.retired = True
+        if credit.inflight == 0:
+            self._pending = [*(self._pending or []), (credit.rid, credit.used)]
+
+    def _spend(self, credit: Credit, held: Mapping[str, int], actual: Mapping[str, int] | None) -> None:
+        """Settle (or, with ``actual=None``, release) one call drawn from ``credit``."""
+        with self._lock:
+            credit.spend(held, actual)
+            due = credit.retired and credit.inflight == 0
+            if due:
+                self._pending = [*(self._pending or []), (credit.rid, credit.used)]
+        if due:
+            settler.schedule(self, SETTLE_DELAY, debounce=True)
+
+    def _opened(self, step: _Step, request: Request, shared: Grant, ticket: Ticket) -> None:
+        """After a granted shared reservation: note the room left; keep a prefetched hold."""
+        room = self._room = headroom(self._ledger_scopes(final=request.final), shared.usage)
+        if step.asked is request.amounts:
+            return
+        amounts, now = request.amounts, self._clock()
+        credit = ticket.credit = Credit(
+            step.rid,
+            {dim: step.asked.get(dim, 0) - amounts.get(dim, 0) for dim in room},
+            until=now + self.lease_seconds / 2,
+            drawn_at=now,
+        )
+        key = (request.kind, request.name)
+        with self._lock:
+            if self._credits and key in self._credits:
+                self._retire(key)  # another thread's, opened meanwhile
+            self._credits = {**(self._credits or {}), key: credit}
+        settler.schedule(self, SETTLE_DELAY, debounce=True)  # its unused part comes back when idle
 
     def _undo(self, step: _Step, request: Request) -> None:
         """The shared ledger failed: keep the settlements for later, give the local hold back."""
@@ -561,6 +645,9 @@ class Meter:
         ticket = self._interpret(usage, request, **meta)
         ticket.reservation_id = step.rid
         ticket.local = step.local
+        ticket.credit = step.credit
+        if self._prefetch and shared is not None and shared.granted:
+            self._opened(step, request, shared, ticket)
         return ticket
 
     def _align(self, local: Sequence[ScopeUsage], shared: Sequence[ScopeUsage], final: bool) -> Sequence[ScopeUsage]:
@@ -812,6 +899,9 @@ class Meter:
             args, kwargs = self._ask(step, request)
             try:
                 shared = self.ledger.reserve(*args, **kwargs)
+                if self._ask_exactly(step, request, shared):
+                    args, kwargs = self._ask(step, request)
+                    shared = self.ledger.reserve(*args, **kwargs)
             except BaseException:
                 self._undo(step, request)
                 raise
@@ -829,6 +919,9 @@ class Meter:
         amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
         if self._settle_locally(ticket, amounts):
             return amounts, usage, cost, False  # recorded with the next shared reservation or flush
+        if ticket.credit is not None:
+            self._spend(ticket.credit, ticket.request.amounts, amounts)  # committed with its hold later
+            return amounts, usage, cost, False
         if self.defer_commits:
             with self._lock:
                 self._pending = self._pending or []
@@ -889,6 +982,9 @@ class Meter:
         with self._lock:
             self._failures = self._failures + 1 if failed else self._failures
         self._release_locally(ticket.request)
+        if ticket.credit is not None:
+            self._spend(ticket.credit, ticket.request.amounts, None)
+            return False
         return not ticket.local
 
     def release(self, ticket: Ticket, *, failed: bool = True) -> None:
@@ -922,13 +1018,23 @@ class Meter:
 
     def _flush_plan(self, force: bool, *, deferrable: bool = True) -> list[tuple[str, Sequence[Scope], dict[str, int]]]:
         """The commits a flush sends now (both doors)."""
-        if not (self._pending or self._unsynced or self._run_unsynced):
+        if not (self._pending or self._unsynced or self._run_unsynced or self._credits):
             return []  # nothing deferred: no lock to take
-        if deferrable and not force and self._remote and (self._pending or self._unsynced):
+        if deferrable and not force and self._remote and (self._pending or self._unsynced or self._credits):
             settler.schedule(self, SETTLE_DELAY, debounce=True)  # a next reservation may carry it
             return []
+        busy = False
         with self._lock:
+            now = self._clock()
+            for key, credit in list((self._credits or {}).items()):
+                # Prefetched holds, once idle: their usage committed, their unused part given back.
+                if force or now - credit.drawn_at >= SETTLE_DELAY:
+                    self._retire(key)
+                else:
+                    busy = True
             pending = self._take_pending()
+        if busy:
+            settler.schedule(self, SETTLE_DELAY, debounce=True)
         shared = self._ledger_scopes()
         plan: list[tuple[str, Sequence[Scope], dict[str, int]]] = (
             [(rid, shared, amounts) for rid, amounts in pending] if shared else []
@@ -1048,6 +1154,9 @@ class Meter:
             args, kwargs = self._ask(step, request)
             try:
                 shared = await self.aledger.reserve(*args, **kwargs)
+                if self._ask_exactly(step, request, shared):
+                    args, kwargs = self._ask(step, request)
+                    shared = await self.aledger.reserve(*args, **kwargs)
             except BaseException:
                 self._undo(step, request)
                 raise

@@ -1,0 +1,123 @@
+"""Prefetched holds in the meter: draws, calls in flight, refusals and releases keep the books exact.
+
+The ledger is a real InMemoryLedger told to behave as a remote one with
+``prefetch`` and counting its reservations, so the tests see which calls cost a
+round trip. ``tests/test_redis_prefetch.py`` runs the same feature on Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+
+from budget_plugins import Budget, BudgetExceeded, Ceiling, Grant, InMemoryLedger, Meter, Scope, TokenUsage
+
+MODEL = "gpt-4o-mini"
+TENANT = Scope("tenant", "acme", tenant="acme")
+
+
+class PrefetchingLedger(InMemoryLedger):
+    remote = True
+
+    def __init__(self, prefetch: int) -> None:
+        super().__init__()
+        self.prefetch = prefetch
+        self.asked: list[dict[str, int]] = []
+
+    def reserve(self, reservation_id: str, scopes: Sequence[Scope], amounts: Mapping[str, int], **kw: Any) -> Grant:
+        self.asked.append(dict(amounts))
+        return super().reserve(reservation_id, scopes, amounts, **kw)
+
+
+def meter(ledger: PrefetchingLedger, budget: Budget | None = None, **kwargs: Any) -> Meter:
+    ceiling = Ceiling(scope="tenant", max_model_calls=1000)
+    return Meter(budget or Budget(), ledger=ledger, tenant="acme", ceilings=[ceiling], hooks=[], **kwargs)
+
+
+def booked(ledger: PrefetchingLedger) -> tuple[int, int]:
+    """Model calls used and held in the tenant scope."""
+    snap = ledger.snapshot(TENANT)
+    return snap.used.get("model_calls", 0), snap.held.get("model_calls", 0)
+
+
+def test_calls_in_flight_keep_their_hold_until_settled() -> None:
+    ledger = PrefetchingLedger(prefetch=4)
+    m = meter(ledger)
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # exact: room unknown
+    first = m.before_model_call(model=MODEL)  # holds 4 calls' worth: 1 used + 3 to draw
+    assert [a["model_calls"] for a in ledger.asked] == [1, 4]
+    drawn = [m.before_model_call(model=MODEL) for _ in range(3)]  # in process
+    assert len(ledger.asked) == 2
+    assert all(t.credit is first.credit and not t.reservation_id for t in drawn)
+    fifth = m.before_model_call(model=MODEL)  # the hold is used up: a new one, the old one still in flight
+    assert len(ledger.asked) == 3 and fifth.credit is not first.credit
+    assert booked(ledger) == (1, 8)  # nothing of the old hold committed yet
+    for ticket in [first, *drawn]:
+        m.after_model_call(ticket, TokenUsage(1, 1))
+    m.after_model_call(fifth, TokenUsage(1, 1))
+    m.flush()
+    assert booked(ledger) == (6, 0) and ledger.snapshot(TENANT).held == {} and m.usage().used["model_calls"] == 6
+
+
+def test_a_released_call_gives_its_draw_back() -> None:
+    ledger = PrefetchingLedger(prefetch=4)
+    m = meter(ledger)
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # opens a hold of 4
+    for _ in range(5):  # released draws do not use the hold up
+        m.release(m.before_model_call(model=MODEL))
+    assert len(ledger.asked) == 2
+    m.flush()
+    assert booked(ledger) == (2, 0) and ledger.snapshot(TENANT).held == {} and m.usage().used["model_calls"] == 2
+
+
+def test_a_run_limit_refusal_after_a_draw_gives_the_draw_back() -> None:
+    ledger = PrefetchingLedger(prefetch=8)
+    m = meter(ledger, Budget(max_model_calls=3))
+    for _ in range(3):
+        m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))
+    with pytest.raises(BudgetExceeded, match="model_calls"):
+        m.before_model_call(model=MODEL)  # drawn from the hold, refused in process, given back
+    m.flush()
+    assert booked(ledger) == (3, 0) and ledger.snapshot(TENANT).held == {}
+
+
+def test_shadow_mode_does_not_prefetch() -> None:
+    ledger = PrefetchingLedger(prefetch=8)
+    m = meter(ledger, Budget(mode="shadow"))
+    for _ in range(3):
+        m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))
+    assert [a["model_calls"] for a in ledger.asked] == [1, 1, 1]
+    m.flush()
+    assert booked(ledger) == (3, 0) and ledger.snapshot(TENANT).held == {}
+
+
+def test_without_prefetch_or_on_an_in_process_ledger_every_call_asks_for_itself() -> None:
+    for ledger in (PrefetchingLedger(prefetch=0), PrefetchingLedger(prefetch=1)):
+        m = meter(ledger)
+        for _ in range(3):
+            m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))
+        assert [a["model_calls"] for a in ledger.asked] == [1, 1, 1]
+    local = PrefetchingLedger(prefetch=8)
+    local.remote = False  # type: ignore[misc]
+    m = meter(local)
+    for _ in range(3):
+        m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))
+    assert [a["model_calls"] for a in local.asked] == [1, 1, 1]
+
+
+def test_a_hold_is_not_drawn_from_after_half_its_lease() -> None:
+    now = [0.0]
+    ledger = PrefetchingLedger(prefetch=8)
+    m = meter(ledger, lease_seconds=10, clock=lambda: now[0])
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # opens a hold
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # drawn
+    assert len(ledger.asked) == 2
+    now[0] = 5.0
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # a new hold
+    assert len(ledger.asked) == 3
+    m.flush()
+    assert booked(ledger) == (4, 0) and ledger.snapshot(TENANT).held == {}
