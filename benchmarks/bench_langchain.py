@@ -18,10 +18,20 @@ TARGET = 1.03
 
 
 class NoopHandler(BaseCallbackHandler):
-    """A handler that does nothing: what LangChain charges for having *any* handler."""
+    """A handler that does nothing: what LangChain charges for having *any* handler.
+
+    It overrides ``on_chat_model_start`` as every chat-aware handler (ours included)
+    does: the base class raises ``NotImplementedError`` there, and LangChain then
+    formats the whole prompt with ``get_buffer_string`` to call ``on_llm_start``
+    instead, on every model call (O(history) per call in an agent loop), which a
+    real handler never pays.
+    """
 
     raise_error = True
     run_inline = True
+
+    def on_chat_model_start(self, serialized: Any, messages: Any, **kwargs: Any) -> None:
+        """Nothing to do (and no fallback to ``on_llm_start``)."""
 
 
 def guard_budget() -> Budget:
