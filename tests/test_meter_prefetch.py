@@ -121,3 +121,27 @@ def test_a_hold_is_not_drawn_from_after_half_its_lease() -> None:
     assert len(ledger.asked) == 3
     m.flush()
     assert booked(ledger) == (4, 0) and ledger.snapshot(TENANT).held == {}
+
+
+def test_async_door_retries_a_refused_prefetch_for_the_call_alone() -> None:
+    import asyncio
+
+    ledger = PrefetchingLedger(prefetch=16)
+    m, other = meter(ledger), meter(ledger)
+
+    async def go() -> None:
+        ticket = await m.areserve(m.model_request(model=MODEL))
+        await m.acommit(ticket, TokenUsage(1, 1))  # exact; the room is now known: 999 calls
+        for _ in range(998):  # another meter leaves room for one call; this meter's idea of it is stale
+            other.after_model_call(other.before_model_call(model=MODEL), TokenUsage(1, 1))
+        other.flush()
+        asked = len(ledger.asked)
+        ticket = await m.areserve(m.model_request(model=MODEL))  # 16 calls' worth refused, then 1 granted
+        assert [a["model_calls"] for a in ledger.asked[asked:]] == [16, 1]
+        await m.acommit(ticket, TokenUsage(1, 1))
+        with pytest.raises(BudgetExceeded, match="model_calls"):
+            await m.areserve(m.model_request(model=MODEL))
+        await m.aflush()
+
+    asyncio.run(go())
+    assert booked(ledger) == (1000, 0) and ledger.snapshot(TENANT).held == {}

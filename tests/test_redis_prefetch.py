@@ -18,6 +18,7 @@ import redis
 from langchain.agents import create_agent
 
 from budget_plugins import (
+    AsyncRedisLedger,
     Budget,
     BudgetCallbackHandler,
     BudgetConfigError,
@@ -217,3 +218,67 @@ def test_threads_drawing_at_once_never_overspend_and_every_call_is_booked(any_ur
     assert snap.used["cost_usd"] == sum(m.usage().used["cost_usd"] for m in meters) <= 250_000
     # Near the limit the holds shrink to one call: at most one call's worth per meter is left unused.
     assert snap.used["cost_usd"] > 250_000 - len(meters) * per_call
+
+
+class CountingAsyncRedisLedger(AsyncRedisLedger):
+    reserves = 0
+
+    async def reserve(self, *args: Any, **kwargs: Any) -> Any:
+        CountingAsyncRedisLedger.reserves += 1
+        return await super().reserve(*args, **kwargs)
+
+
+class PrefetchingRedisLedger(RedisLedger):
+    def as_async(self) -> AsyncRedisLedger:
+        return CountingAsyncRedisLedger(_core=self._core, prefetch=self.prefetch)
+
+
+async def test_an_autogen_tool_loop_on_the_async_door_prefetches_and_books_agree(redis_url: str) -> None:
+    from autogen_agentchat.agents import AssistantAgent
+    from autogen_core import FunctionCall
+    from autogen_core.models import CreateResult, ModelInfo, RequestUsage
+    from autogen_core.tools import FunctionTool
+    from autogen_ext.models.replay import ReplayChatCompletionClient
+
+    from budget_plugins_autogen import BudgetScope
+
+    ledger = PrefetchingRedisLedger(redis_url, namespace=ns(), prefetch=16)
+    scope = BudgetScope(
+        Budget(max_model_calls=1000),
+        ledger=ledger,
+        tenant="acme",
+        ceilings=[Ceiling(scope="tenant", max_cost_usd="5")],
+        hooks=[],
+    )
+    usage = RequestUsage(prompt_tokens=100, completion_tokens=20)
+    replies = [
+        CreateResult(
+            finish_reason="function_calls",
+            content=[FunctionCall(id=f"call-{i}", name="search", arguments='{"query": "q"}')],
+            usage=usage,
+            cached=False,
+        )
+        for i in range(40)
+    ]
+    info = ModelInfo(vision=False, function_calling=True, json_output=False, family="unknown", structured_output=False)
+    model = ReplayChatCompletionClient(
+        [*replies, CreateResult(finish_reason="stop", content="done", usage=usage, cached=False)], model_info=info
+    )
+
+    def search(query: str) -> str:
+        return "nothing new"
+
+    agent = AssistantAgent(
+        "researcher",
+        model_client=scope.client(model, model=MODEL),
+        workbench=scope.workbench([FunctionTool(search, description="Search.")]),
+        max_tool_iterations=100,
+    )
+    before = CountingAsyncRedisLedger.reserves
+    await agent.run(task="research budgets")
+    assert 1 <= CountingAsyncRedisLedger.reserves - before <= 41 / 8  # without prefetch: 41, one per model call
+    await scope.meter.aflush()
+    snap = ledger.snapshot(tenant("acme"))
+    used = scope.report()["used"]
+    assert used["model_calls"] == snap.used["model_calls"] == 41
+    assert snap.used["cost_usd"] == used["cost_usd"] > 0 and snap.held == {}
