@@ -48,6 +48,7 @@ from budget_plugins._ledger import (
     Scope,
     ScopeKey,
     Settlement,
+    add_amounts,
 )
 from budget_plugins._policy import Budget, Ceiling, micros_to_usd
 from budget_plugins._prefetch import Credit, headroom, prefetch_amounts
@@ -180,6 +181,7 @@ class Meter:
         "_clock",
         "_cost_limited",
         "_credits",
+        "_express",
         "_failures",
         "_final_scope",
         "_input_floor",
@@ -191,6 +193,7 @@ class Meter:
         "_prefetch",
         "_remote",
         "_room",
+        "_run_checks",
         "_run_scope",
         "_run_unsynced",
         "_run_written",
@@ -350,6 +353,20 @@ class Meter:
         all_limits = [dim for scope in scopes[1] for dim in scope.limits]
         self._cost_limited = COST_DIMENSION in all_limits
         self.needs_prompt_estimate = self._cost_limited or any(dim in _TOKEN_DIMENSIONS for dim in all_limits)
+        # The express path (the default case): only this meter's run scope, counted in process, enforced.
+        self._express = (
+            self._local is not None
+            and len(owners) == 1
+            and not (ledger_scopes[0] or ledger_scopes[1])
+            and not self._remote
+            and budget.mode == "enforce"
+        )
+        self._run_checks = (
+            budget.seconds is not None
+            or budget.max_depth is not None
+            or budget.max_fanout is not None
+            or budget.max_consecutive_failures is not None
+        )
 
     def _ceiling_scope(self, ceiling: Ceiling) -> Scope:
         if not isinstance(ceiling, Ceiling):
@@ -810,8 +827,7 @@ class Meter:
                     if micros and self._listening("settle")
                     else micros_to_usd(micros)
                 )
-                with self._lock:
-                    self._input_floor = _floor_with(self._input_floor, ticket.model or "", usage.input_tokens)
+                floor = usage.input_tokens
                 for key, value in (
                     ("input_tokens", usage.input_tokens),
                     ("output_tokens", usage.output_tokens),
@@ -821,7 +837,10 @@ class Meter:
                     if value:
                         amounts[key] = value
         with self._lock:
-            self._failures = self._failures + 1 if failed else 0
+            if usage is not None and ticket.request.kind == "model_call":
+                self._input_floor = _floor_with(self._input_floor, ticket.model or "", floor)
+            if failed or ticket.request.kind != "step":  # a step is not a call: it breaks no failure streak
+                self._failures = self._failures + 1 if failed else 0
             self.spent_micros += amounts.get(COST_DIMENSION, 0)
         return amounts, usage, cost
 
@@ -893,6 +912,8 @@ class Meter:
         return self._reserve(request, meta)
 
     def _reserve(self, request: Request, meta: dict[str, Any], *, observed: bool = False) -> Ticket:
+        if self._express and not observed:
+            return self._express_hold(request, meta)
         step = self._begin(request, observed=observed)
         shared = None
         if step.ask_ledger:
@@ -965,6 +986,9 @@ class Meter:
         if ticket.settled:
             return None
         ticket.settled = True
+        if self._express and ticket.local:
+            self._express_settle(ticket, usage, failed)
+            return None
         amounts, usage, cost, now = self._route_settlement(ticket, usage, failed)
         settlement = (
             self.ledger.commit(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final), amounts)
@@ -973,6 +997,13 @@ class Meter:
         )
         self._after_settle(ticket, settlement, usage, cost)
         return settlement
+
+    def _express_settle(self, ticket: Ticket, usage: TokenUsage | None, failed: bool) -> None:
+        """Settle a ticket of the express path: the run scope's counters only."""
+        amounts, usage, cost = self._settle_amounts(ticket, usage, failed)
+        assert self._local is not None
+        self._local.settle(ticket.request.amounts, amounts)
+        self._after_settle(ticket, None, usage, cost)
 
     def _release_ticket(self, ticket: Ticket, failed: bool) -> bool:
         """Give the in-process holds back (both doors); True when the ledger holds it too."""
@@ -1148,6 +1179,8 @@ class Meter:
         return await self._areserve(request, meta)
 
     async def _areserve(self, request: Request, meta: dict[str, Any], *, observed: bool = False) -> Ticket:
+        if self._express and not observed:
+            return self._express_hold(request, meta)  # in process: nothing to await
         step = self._begin(request, observed=observed)
         shared = None
         if step.ask_ledger:
@@ -1196,6 +1229,9 @@ class Meter:
         if ticket.settled:
             return None
         ticket.settled = True
+        if self._express and ticket.local:
+            self._express_settle(ticket, usage, failed)
+            return None
         amounts, usage, cost, now = self._route_settlement(ticket, usage, failed)
         settlement = (
             await self.aledger.commit(ticket.reservation_id, self._ledger_scopes(final=ticket.request.final), amounts)
@@ -1230,14 +1266,13 @@ class Meter:
         previous one, and counting characters misses system prompts and tool
         schemas that the provider counts.
         """
-        with self._lock:
-            floor = self._input_floor
-            if floor is not None:
-                key = model or ""
-                if isinstance(floor, tuple):
-                    input_tokens = max(input_tokens, floor[1]) if floor[0] == key else input_tokens
-                else:
-                    input_tokens = max(input_tokens, floor.get(key, 0))
+        floor = self._input_floor  # replaced, or a dict updated in place, under the lock: one atomic read
+        if floor is not None:
+            key = model or ""
+            if isinstance(floor, tuple):
+                input_tokens = max(input_tokens, floor[1]) if floor[0] == key else input_tokens
+            else:
+                input_tokens = max(input_tokens, floor.get(key, 0))
         output = max_output_tokens or self.budget.default_max_output_tokens
         # Nothing caps cost: no need to price the worst case (the actual cost is still priced at settle).
         cost_micros = (
@@ -1332,11 +1367,59 @@ class Meter:
             ...
             budget_plugins._errors.BudgetExceeded: Exceeded the steps limit of 1 (used=1, requested=1) in run scope
         """
+        if self._express:
+            return self._express_hold(request, meta, charge=True)
         if not self._is_local(request):
             ticket = self.reserve(request, **meta)
             self.commit(ticket)
             return ticket
         return self._charge_locally(request, meta)
+
+    def _express_hold(self, request: Request, meta: dict[str, Any], *, charge: bool = False) -> Ticket:
+        """A reservation (``charge``: a count) on the express path: one lock, no ledger, no step object.
+
+        Only for a meter whose one scope is its own run scope, counted in process and
+        enforced (``_express``): the same checks (:func:`check_run_local`,
+        :func:`find_denial`, :func:`pressure`) as the general path, in one step.
+        """
+        scope = self._final_scope if request.final else self._run_scope
+        counters = self._local
+        assert counters is not None
+        amounts = request.amounts
+        local: Denial | None = None
+        found = None
+        share, dim = 0.0, None
+        with self._lock:
+            now = self._clock()
+            if self._started_at is None:
+                self._started_at = now
+            if self._run_checks:
+                local = check_run_local(
+                    self.budget, request, started_at=self._started_at, now=now, consecutive_failures=self._failures
+                )
+            if local is None:
+                found = find_denial(scope.limits, counters.used, counters.held, amounts)
+                if found is None:
+                    add_amounts(counters.used if charge else counters.held, amounts)
+                    share, dim = pressure(scope.limits, counters.used, counters.held, amounts)
+        if local is not None:
+            self._refuse(Decision.deny(local), request)
+        if found is not None:
+            self._refuse(Decision.deny(Denial(*found, scope.kind, scope.id)), request, [counters.view(scope)])
+        if dim is not None and classify(self.budget, share) != "allow":
+            ticket = self._interpret(
+                [ScopeUsage(scope.label, counters.used, counters.held, scope.limits)], request, **meta
+            )
+        else:
+            if request.kind == "model_call":
+                meta.setdefault("model", request.name)
+            ticket = Ticket("", request, _ALLOW, **meta)
+        ticket.local = True
+        if charge:
+            ticket.settled = True
+            if request.kind == "tool_call":
+                self._after_settle(ticket, None, None, Decimal(0))
+        return ticket
 
     def _charge_locally(
         self, request: Request, meta: dict[str, Any], *, observed: bool = False, failed: bool | None = None
