@@ -112,6 +112,8 @@ class _Step:
     """What the shared scopes are asked to hold: the request's amounts, or more (prefetch)."""
     credit: Credit | None = None
     """The prefetched hold the request was drawn from, in process."""
+    sent_at: float = 0.0
+    """``time.monotonic()`` before a prefetching reservation was sent (its lease runs from then)."""
 
 
 @dataclass(slots=True)
@@ -576,9 +578,12 @@ class Meter:
         return _Step(rid, settle, denial, views, local, in_ledger and granted, enforce, asked, credit)
 
     def _ask(self, step: _Step, request: Request) -> tuple[tuple[Any, ...], dict[str, Any]]:
-        """The shared ledger's reserve arguments."""
+        """The shared ledger's reserve arguments (a prefetched hold lasts two leases: see Credit)."""
+        prefetching = step.asked is not request.amounts
+        if prefetching:
+            step.sent_at = time.monotonic()
         return (step.rid, self._ledger_scopes(final=request.final), step.asked), {
-            "lease_seconds": self.lease_seconds,
+            "lease_seconds": self.lease_seconds * 2 if prefetching else self.lease_seconds,
             "enforce": step.enforce,
             "settle": step.settle,
         }
@@ -599,7 +604,7 @@ class Meter:
             credit = self._credits.get(key) if self._credits else None
             if credit is None:
                 return None
-            if credit.draw(request.amounts, self._clock()):
+            if credit.draw(request.amounts, time.monotonic()):
                 return credit
             self._retire(key)
         return None
@@ -615,7 +620,7 @@ class Meter:
     def _spend(self, credit: Credit, held: Mapping[str, int], actual: Mapping[str, int] | None) -> None:
         """Settle (or, with ``actual=None``, release) one call drawn from ``credit``."""
         with self._lock:
-            credit.spend(held, actual)
+            credit.spend(held, actual, time.monotonic())
             due = credit.retired and credit.inflight == 0
             if due:
                 self._pending = [*(self._pending or []), (credit.rid, credit.used)]
@@ -627,12 +632,12 @@ class Meter:
         room = self._room = headroom(self._ledger_scopes(final=request.final), shared.usage)
         if step.asked is request.amounts:
             return
-        amounts, now = request.amounts, self._clock()
+        amounts = request.amounts
         credit = ticket.credit = Credit(
             step.rid,
             {dim: step.asked.get(dim, 0) - amounts.get(dim, 0) for dim in room},
-            until=now + self.lease_seconds / 2,
-            drawn_at=now,
+            until=step.sent_at + self.lease_seconds,
+            active_at=time.monotonic(),
         )
         key = (request.kind, request.name)
         with self._lock:
@@ -1056,10 +1061,10 @@ class Meter:
             return []
         busy = False
         with self._lock:
-            now = self._clock()
+            now = time.monotonic()
             for key, credit in list((self._credits or {}).items()):
                 # Prefetched holds, once idle: their usage committed, their unused part given back.
-                if force or now - credit.drawn_at >= SETTLE_DELAY:
+                if force or credit.idle(now, SETTLE_DELAY):
                     self._retire(key)
                 else:
                     busy = True

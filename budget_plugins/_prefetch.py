@@ -5,8 +5,8 @@ meter's reservation in the shared scopes may hold up to ``N`` calls' worth of a
 request's limited amounts instead of one. The following calls of the same kind
 are then checked against that :class:`Credit` in process, without a round trip;
 their actual usage is committed to the credit's hold in one step when the credit
-runs out, expires (half its lease), or the meter goes idle or ends (the hold's
-unused part comes back then).
+runs out, has been out for a lease (it is held for two), or the meter goes idle
+(the hold's unused part comes back then).
 
 Nothing can overspend: every call is covered by a hold in the ledger (its own or
 the credit's). A credit only takes a share of what its scopes had left
@@ -30,31 +30,40 @@ CREDIT_SHARE = 8
 class Credit:
     """One prefetched hold: what is left to draw, and the usage to commit to it.
 
+    Times are ``time.monotonic()`` seconds (leases run on real time, whatever clock
+    a meter is given for its wall-clock limit).
+
     Args:
         rid: The hold's reservation id in the ledger.
         left: Still drawable, per limited shared dimension.
-        until: Clock time from which nothing more is drawn (half the lease).
+        until: Time from which nothing more is drawn: the hold lasts two leases, so a
+            call drawn before ``until`` is covered for at least a whole lease, as a
+            call that holds for itself is.
+        active_at: Time of the last draw or settlement (an idle credit is given back).
 
     Example:
-        >>> credit = Credit("r1", {"cost_usd": 300}, until=10.0)
+        >>> credit = Credit("r1", {"cost_usd": 300}, until=10.0, active_at=0.0)
         >>> credit.draw({"cost_usd": 100, "model_calls": 1}, now=1.0)
         True
-        >>> credit.spend({"cost_usd": 100}, {"cost_usd": 40, "model_calls": 1})
-        >>> credit.left, credit.used, credit.inflight
-        ({'cost_usd': 260}, {'cost_usd': 40, 'model_calls': 1}, 1)
-        >>> credit.draw({"cost_usd": 300}, now=1.0), credit.draw({"cost_usd": 1}, now=10.0)
+        >>> credit.spend({"cost_usd": 100}, {"cost_usd": 40, "model_calls": 1}, now=2.0)
+        >>> credit.left, credit.used, credit.inflight, credit.idle(2.1, 0.2), credit.idle(2.2, 0.2)
+        ({'cost_usd': 260}, {'cost_usd': 40, 'model_calls': 1}, 1, False, False)
+        >>> credit.draw({"cost_usd": 300}, now=3.0), credit.draw({"cost_usd": 1}, now=10.0)
         (False, False)
     """
 
     rid: str
     left: dict[str, int]
     until: float
+    active_at: float
     inflight: int = 1
     """Calls drawn and not yet settled (the first is the call that opened it)."""
     used: dict[str, int] = field(default_factory=dict)
     retired: bool = False
-    drawn_at: float = float("-inf")
-    """Clock time of the last draw (an idle credit is given back)."""
+
+    def idle(self, now: float, delay: float) -> bool:
+        """No call in flight and none drawn or settled for ``delay`` seconds (or no more draws)."""
+        return self.inflight == 0 and (now - self.active_at >= delay or now >= self.until)
 
     def draw(self, amounts: Mapping[str, int], now: float) -> bool:
         """Take ``amounts`` (its limited dimensions) from the credit, if they all fit."""
@@ -67,10 +76,10 @@ class Credit:
         for dim in left:
             left[dim] -= amounts.get(dim, 0)
         self.inflight += 1
-        self.drawn_at = now
+        self.active_at = now
         return True
 
-    def spend(self, held: Mapping[str, int], actual: Mapping[str, int] | None) -> None:
+    def spend(self, held: Mapping[str, int], actual: Mapping[str, int] | None, now: float) -> None:
         """Settle one drawn call: its hold comes back, its actual usage (``None``: released) is kept."""
         left, used = self.left, self.used
         for dim in left:
@@ -78,6 +87,7 @@ class Credit:
         for dim, amount in (actual or {}).items():
             used[dim] = used.get(dim, 0) + amount
         self.inflight -= 1
+        self.active_at = now
 
 
 def headroom(scopes: Sequence[Scope], views: Sequence[ScopeUsage]) -> dict[str, int]:

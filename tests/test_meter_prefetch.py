@@ -7,12 +7,14 @@ round trip. ``tests/test_redis_prefetch.py`` runs the same feature on Redis.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from budget_plugins import Budget, BudgetExceeded, Ceiling, Grant, InMemoryLedger, Meter, Scope, TokenUsage
+from budget_plugins._inprocess import SETTLE_DELAY
 
 MODEL = "gpt-4o-mini"
 TENANT = Scope("tenant", "acme", tenant="acme")
@@ -108,19 +110,38 @@ def test_without_prefetch_or_on_an_in_process_ledger_every_call_asks_for_itself(
     assert [a["model_calls"] for a in local.asked] == [1, 1, 1]
 
 
-def test_a_hold_is_not_drawn_from_after_half_its_lease() -> None:
-    now = [0.0]
+def test_a_hold_lasts_two_leases_and_is_drawn_from_during_the_first() -> None:
     ledger = PrefetchingLedger(prefetch=8)
-    m = meter(ledger, lease_seconds=10, clock=lambda: now[0])
+    leases: list[float] = []
+    reserve = ledger.reserve
+
+    def spy(rid: str, scopes: Sequence[Scope], amounts: Mapping[str, int], **kw: Any) -> Grant:
+        leases.append(kw["lease_seconds"])
+        return reserve(rid, scopes, amounts, **kw)
+
+    ledger.reserve = spy  # type: ignore[method-assign]
+    m = meter(ledger, lease_seconds=0.3)
     m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))
-    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # opens a hold
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # opens a hold: two leases
     m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # drawn
-    assert len(ledger.asked) == 2
-    now[0] = 5.0
-    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # a new hold
-    assert len(ledger.asked) == 3
+    assert leases == [0.3, 0.6]  # a call drawn at the end of the first is still covered for a whole lease
+    time.sleep(0.35)
+    m.after_model_call(m.before_model_call(model=MODEL), TokenUsage(1, 1))  # no more draws: a new hold
+    assert leases == [0.3, 0.6, 0.6]
     m.flush()
     assert booked(ledger) == (4, 0) and ledger.snapshot(TENANT).held == {}
+
+
+def test_calls_slower_than_the_settle_delay_keep_drawing_from_the_hold() -> None:
+    ledger = PrefetchingLedger(prefetch=8)
+    m = meter(ledger)
+    for _ in range(5):  # each call is in flight longer than SETTLE_DELAY: the settler must not retire the hold
+        ticket = m.before_model_call(model=MODEL)
+        time.sleep(SETTLE_DELAY + 0.1)
+        m.after_model_call(ticket, TokenUsage(1, 1))
+    assert [a["model_calls"] for a in ledger.asked] == [1, 8]
+    time.sleep(SETTLE_DELAY + 0.3)  # idle now: the settler commits the hold and gives the rest back
+    assert booked(ledger) == (5, 0) and ledger.snapshot(TENANT).held == {}
 
 
 def test_async_door_retries_a_refused_prefetch_for_the_call_alone() -> None:

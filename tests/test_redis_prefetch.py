@@ -282,3 +282,24 @@ async def test_an_autogen_tool_loop_on_the_async_door_prefetches_and_books_agree
     used = scope.report()["used"]
     assert used["model_calls"] == snap.used["model_calls"] == 41
     assert snap.used["cost_usd"] == used["cost_usd"] > 0 and snap.held == {}
+
+
+def test_a_call_drawn_late_is_covered_for_a_whole_lease(redis_url: str) -> None:
+    ledger = RedisLedger(redis_url, namespace=ns(), prefetch=16)
+    ceiling = [Ceiling(scope="tenant", max_cost_usd="1")]
+    a = Meter(Budget(), ledger=ledger, tenant="acme", ceilings=ceiling, hooks=[], lease_seconds=1.0)
+    b = Meter(Budget(), ledger=ledger, tenant="acme", ceilings=ceiling, hooks=[])
+    a.commit(a.reserve(_dollars(0.01)))  # exact: the room is not known yet
+    a.commit(a.reserve(_dollars(0.01)))  # opens a prefetched hold
+    for _ in range(8):  # busy (never idle for SETTLE_DELAY): the hold stays out
+        time.sleep(0.1)
+        a.commit(a.reserve(_dollars(0.001)))
+    late = a.reserve(_dollars(0.01))  # drawn near the end of the drawing window...
+    assert late.credit is not None and not late.reservation_id
+    time.sleep(0.8)  # ...and running for most of a lease: its hold must still be there
+    with pytest.raises(BudgetExceeded, match="cost_usd"):
+        b.reserve(_dollars(0.95))
+    a.commit(late)
+    a.flush()
+    snap = ledger.snapshot(tenant("acme"))
+    assert snap.used["cost_usd"] == 38_000 and snap.held == {}

@@ -188,8 +188,9 @@ class RedisLedger(_Door):
             have left, so near a limit it shrinks to one call and the ceiling is
             decided call by call again; nothing can overspend, but other processes
             see the prefetched part as held (not used) until the meter settles it:
-            when the hold is used up, after half its lease, or within
-            ``SETTLE_DELAY`` of the meter going idle. Default 0 (off).
+            when the hold is used up, a lease after it was taken (it is held for
+            two, so every call drawn from it is covered for a whole lease), or
+            once the meter is idle for ``SETTLE_DELAY``. Default 0 (off).
 
     Example:
         >>> ledger = RedisLedger("redis://localhost:6379/0")  # doctest: +SKIP
