@@ -19,12 +19,28 @@ import time
 from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
 LOOPBACK = "127.0.0.1"
 _LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+
+class CountingConnection(redis.Connection):
+    """A connection that counts the packets it writes (one per round trip), as the benchmarks do."""
+
+    sent = 0
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        CountingConnection.sent += 1
+        super().send_packed_command(command, check_health)  # type: ignore[no-untyped-call]
+
+
+def counting_client(url: str) -> redis.Redis:
+    """A client whose round trips are counted in ``CountingConnection.sent``."""
+    return redis.Redis(connection_pool=redis.ConnectionPool.from_url(url, connection_class=CountingConnection))
 
 
 class RedisUnavailable(RuntimeError):

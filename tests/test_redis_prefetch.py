@@ -14,8 +14,8 @@ import uuid
 from typing import Any
 
 import pytest
-import redis
 from langchain.agents import create_agent
+from redis_server import CountingConnection, counting_client
 
 from budget_plugins import (
     AsyncRedisLedger,
@@ -35,14 +35,6 @@ from budget_plugins.testing import ScriptedChatModel, Turn, counting_tool, scrip
 CTX = multiprocessing.get_context("fork")
 USD = 1_000_000
 MODEL = "gpt-4o-mini"  # $0.15 / $0.60 per million input / output tokens
-
-
-class CountingConnection(redis.Connection):
-    sent = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        super().send_packed_command(command, check_health)
 
 
 @pytest.fixture(params=["redis", "redis_cluster"])
@@ -80,8 +72,7 @@ def test_prefetch_must_be_a_whole_number_of_calls(redis_url: str) -> None:
 
 
 def test_an_agent_loop_with_prefetch_costs_a_fraction_of_the_round_trips_and_books_agree(redis_url: str) -> None:
-    pool = redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
-    ledger = RedisLedger(redis_url, client=redis.Redis(connection_pool=pool), namespace=ns(), prefetch=16)
+    ledger = RedisLedger(redis_url, client=counting_client(redis_url), namespace=ns(), prefetch=16)
     shared: dict[str, Any] = {"tenant": "acme", "ceilings": [Ceiling(scope="tenant", max_cost_usd="50")]}
     warm = BudgetCallbackHandler(Budget(), ledger=ledger, hooks=[], **shared)
     scripted_model(["hi"], model_name=MODEL).invoke("warm up", {"callbacks": [warm]})  # loads the scripts
@@ -119,8 +110,7 @@ def test_the_unused_part_comes_back_when_the_meter_goes_idle(any_url: str) -> No
 
 
 def test_a_refused_prefetch_is_asked_again_for_the_call_alone(redis_url: str) -> None:
-    pool = redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
-    ledger = RedisLedger(redis_url, client=redis.Redis(connection_pool=pool), namespace=ns(), prefetch=16)
+    ledger = RedisLedger(redis_url, client=counting_client(redis_url), namespace=ns(), prefetch=16)
     ceiling = Ceiling(scope="tenant", max_model_calls=100)
     meter = Meter(Budget(), ledger=ledger, tenant="acme", ceilings=[ceiling], hooks=[])
     call(meter)  # exact: the room is not known yet; now it is (99 calls)

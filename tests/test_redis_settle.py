@@ -8,26 +8,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
 
-import redis
+from redis_server import CountingConnection, counting_client
 
 from budget_plugins import Budget, BudgetCallbackHandler, Ceiling, RedisLedger, Scope
 from budget_plugins.testing import scripted_model
 
 
-class CountingConnection(redis.Connection):
-    sent = 0
-
-    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        CountingConnection.sent += 1
-        super().send_packed_command(command, check_health)
-
-
 def test_one_call_chains_cost_one_round_trip_each_and_the_last_settles_soon_after(redis_url: str) -> None:
     namespace = "t" + uuid.uuid4().hex[:12]  # a namespace of its own on the session server
-    pool = redis.ConnectionPool.from_url(redis_url, connection_class=CountingConnection)
-    ledger = RedisLedger(redis_url, client=redis.Redis(connection_pool=pool), namespace=namespace)
+    ledger = RedisLedger(redis_url, client=counting_client(redis_url), namespace=namespace)
     handler = BudgetCallbackHandler(
         Budget(max_model_calls=100),
         ledger=ledger,
