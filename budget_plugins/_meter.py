@@ -142,6 +142,9 @@ class Meter:
         budget: The run's budget.
         ledger: Where usage is kept; a fresh :class:`InMemoryLedger` by default.
             Pass a shared ledger (in-memory or Redis) to share ceilings across runs.
+            A remote ledger's ``prefetch`` (``RedisLedger(prefetch=16)``) lets a
+            reservation in the shared scopes hold several calls' worth, drawn from
+            in process by this meter's next calls of the same kind.
         ceilings: Workflow/tenant limits checked atomically with the run's.
         tenant: Tenant id (required by tenant ceilings).
         workflow: Workflow id (required by workflow ceilings).
