@@ -120,12 +120,23 @@ class _Router(BaseCallbackHandler):
             return self._scopes[graph]
 
     def _forward(self, event: str, *args: Any, run_id: UUID, **kwargs: Any) -> None:
-        with self._lock:
-            if event.endswith("_start"):
-                parent = kwargs.get("parent_run_id")
-                task = (kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns")
-                self._runs[run_id] = (parent, task, self._nearest_locked(parent))
-            handler = self._nearest_locked(run_id)
+        runs, scopes = self._runs, self._scopes
+        if event.endswith("_start"):
+            parent = kwargs.get("parent_run_id")
+            task = (kwargs.get("metadata") or {}).get("langgraph_checkpoint_ns")
+            if task is None and parent not in runs and parent not in scopes:
+                # Outside every graph task and every agent run (a plain chain elsewhere in the
+                # process, or an agent graph's own run, found later as its tasks' parent):
+                # nothing to record, no handler to tell.
+                return
+            with self._lock:
+                runs[run_id] = (parent, task, self._nearest_locked(parent))
+                handler = self._nearest_locked(run_id)
+        elif run_id not in runs and run_id not in scopes:
+            return  # the end of a run never recorded (a run's events come in order: no race)
+        else:
+            with self._lock:
+                handler = self._nearest_locked(run_id)
         ended = event.endswith(("_end", "_error"))
         try:
             if handler is not None:
