@@ -409,3 +409,21 @@ def test_the_router_forgets_every_run_once_it_ends_refused_ones_included() -> No
         agent.invoke(ask())
 
     assert (len(_router._runs), len(_router._scopes)) == before
+
+
+def test_the_router_records_nothing_of_a_chain_outside_every_agent() -> None:
+    from langchain_core.runnables import RunnableLambda
+
+    from budget_plugins._middleware import _router
+
+    guarded_agent(runaway_model(), Budget(max_model_calls=3))  # the router is registered
+    seen: list[int] = []
+
+    def look(text: str) -> str:
+        seen.append(len(_router._runs))
+        return text
+
+    chain = RunnableLambda(look) | scripted_model(["fine"]) | RunnableLambda(lambda m: look(m.content))
+    before = len(_router._runs)
+    assert chain.invoke("hello").startswith("fine")
+    assert seen == [before, before]  # nothing recorded while it ran: no bookkeeping on unrelated runs
