@@ -46,24 +46,6 @@ class _Run:
         self.failed_children: set[str] | None = None
 
 
-class _Forget:
-    """Context manager: forget a run whose start was refused (see ``_forget_on_refusal``)."""
-
-    __slots__ = ("handler", "run_id")
-
-    def __init__(self, handler: BudgetCallbackHandler, run_id: UUID) -> None:
-        self.handler = handler
-        self.run_id = run_id
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: object) -> None:
-        if kind is not None:
-            with self.handler._lock:
-                self.handler._runs.pop(self.run_id, None)
-
-
 class BudgetCallbackHandler(BaseCallbackHandler):
     """Enforce a :class:`Budget` on any LangChain runnable through its callbacks.
 
@@ -195,14 +177,15 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         # to expire with its lease. The run scope's copy in the ledger is written too.
         self.meter.flush(force=False)
 
-    def _forget_on_refusal(self, run_id: UUID) -> _Forget:
+    def _forget(self, run_id: UUID) -> None:
         """A refused start never ends: drop its bookkeeping so nothing leaks."""
-        return _Forget(self, run_id)
+        with self._lock:
+            self._runs.pop(run_id, None)
 
     @staticmethod
     def _retry_tagged(tags: list[str] | None) -> bool:
         for tag in tags or ():
-            match = _RETRY_TAG.match(tag)
+            match = _RETRY_TAG.match(tag) if tag.startswith("retry:") else None
             if match and int(match.group(1)) > 1:
                 return True
         return False
@@ -246,11 +229,17 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                     self._tasks = set()
                 repeated = task in self._tasks
                 self._tasks.add(task)
-            with self._forget_on_refusal(run_id):
+            try:
                 self.meter.count(Request.step(name, depth=run.depth, retry=repeated), node=name)
+            except BaseException:
+                self._forget(run_id)
+                raise
         elif self.chain_checks and (self.budget.max_depth is not None or self.budget.max_seconds is not None):
-            with self._forget_on_refusal(run_id):
+            try:
                 self.meter.check(Request("step", {}, name, depth=run.depth))
+            except BaseException:
+                self._forget(run_id)
+                raise
 
     def on_chain_end(self, outputs: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Forget the run; settle deferred commits when the root run ends."""
@@ -310,7 +299,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         model = params.get("model_name") or params.get("model") or meta.get("ls_model_name")
         max_tokens = params.get("max_tokens") or params.get("max_completion_tokens") or meta.get("ls_max_tokens")
         run, repeated = self._enter(run_id, parent_run_id, kwargs.get("name") or "model")
-        with self._forget_on_refusal(run_id):
+        try:
             run.ticket = self.meter.before_model_call(
                 model=model,
                 input_tokens=prompt_tokens,
@@ -323,6 +312,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                 call_id=str(run_id),
                 parent_call_id=str(parent_run_id) if parent_run_id else None,
             )
+        except BaseException:
+            self._forget(run_id)
+            raise
 
     def on_llm_end(
         self, response: LLMResult, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any
@@ -361,7 +353,7 @@ class BudgetCallbackHandler(BaseCallbackHandler):
         name = str(kwargs.get("name") or (serialized or {}).get("name") or "tool")
         run, repeated = self._enter(run_id, parent_run_id, name)
         meta = metadata or {}
-        with self._forget_on_refusal(run_id):
+        try:
             run.ticket = self.meter.before_tool_call(
                 name,
                 retry=repeated or self._retry_tagged(tags),
@@ -371,6 +363,9 @@ class BudgetCallbackHandler(BaseCallbackHandler):
                 call_id=str(run_id),
                 parent_call_id=str(parent_run_id) if parent_run_id else None,
             )
+        except BaseException:
+            self._forget(run_id)
+            raise
 
     def on_tool_end(self, output: Any, *, run_id: UUID, parent_run_id: UUID | None = None, **kwargs: Any) -> None:
         """Settle the tool execution."""
