@@ -73,6 +73,7 @@ def _write_unwritten_run_scopes() -> None:
 
 
 _TOKEN_DIMENSIONS = frozenset({"input_tokens", "output_tokens", "total_tokens"})
+_CALL_KINDS = frozenset({"model_call", "tool_call"})
 _SETTLED_BY_USAGE = _TOKEN_DIMENSIONS | {COST_DIMENSION}
 
 REACHED_DIMENSIONS = ("model_calls", "steps", "input_tokens", "output_tokens", "total_tokens", COST_DIMENSION)
@@ -847,10 +848,20 @@ class Meter:
         with self._lock:
             if usage is not None and ticket.request.kind == "model_call":
                 self._input_floor = _floor_with(self._input_floor, ticket.model or "", floor)
-            if failed or ticket.request.kind != "step":  # a step is not a call: it breaks no failure streak
-                self._failures = self._failures + 1 if failed else 0
+            self._note_outcome(ticket.request, failed)
             self.spent_micros += amounts.get(COST_DIMENSION, 0)
         return amounts, usage, cost
+
+    def _note_outcome(self, request: Request, failed: bool) -> None:
+        """A settled request's effect on the consecutive-failure streak (lock held).
+
+        A failure extends it; a model or tool call that succeeded ends it. Steps and
+        retries (counted, not called) leave it as it is, on every path.
+        """
+        if failed:
+            self._failures += 1
+        elif request.kind in _CALL_KINDS:
+            self._failures = 0
 
     def _after_settle(
         self, ticket: Ticket, settlement: Settlement | None, usage: TokenUsage | None, cost: Decimal
@@ -1445,7 +1456,7 @@ class Meter:
         amounts = {k: v for k, v in request.amounts.items() if v}
         if failed is not None:
             with self._lock:
-                self._failures = self._failures + 1 if failed else 0
+                self._note_outcome(request, failed)
         self._settled_locally(amounts, True)
         self._after_settle(ticket, None, None, Decimal(0))
         return ticket

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from budget_plugins import Budget, BudgetEvent, BudgetExceeded, Ceiling, InMemoryLedger, Meter, Request, TokenUsage
@@ -22,6 +22,7 @@ OPS = st.lists(
         st.tuples(st.just("model"), st.integers(0, 400), st.integers(0, 300), st.booleans()),
         st.tuples(st.just("tool"), st.sampled_from(["search", "fetch"]), st.booleans()),
         st.tuples(st.just("step"), st.sampled_from(["agent", "tools"])),
+        st.tuples(st.just("retry")),
         st.tuples(st.just("release"), st.booleans()),
     ),
     max_size=40,
@@ -35,6 +36,7 @@ BUDGETS = st.builds(
     max_total_tokens=st.one_of(st.none(), st.integers(500, 6000)),
     max_cost_usd=st.one_of(st.none(), st.sampled_from(["0.001", "0.005"])),
     max_consecutive_failures=st.one_of(st.none(), st.integers(1, 3)),
+    max_retries=st.one_of(st.none(), st.integers(1, 6)),
     finalization_reserve=st.sampled_from([0.0, 0.2]),
 )
 
@@ -50,6 +52,8 @@ def play(meter: Meter, ops: list[tuple[Any, ...]]) -> list[Any]:
                 meter.after_tool_call(meter.before_tool_call(op[1]), failed=op[2])
             elif op[0] == "step":
                 meter.count(Request.step(op[1]))
+            elif op[0] == "retry":
+                meter.count(Request("retry", {"retries": 1}, retry=True))
             else:
                 meter.release(meter.before_tool_call("search"), failed=op[1])
             outcomes.append("ok")
@@ -60,6 +64,10 @@ def play(meter: Meter, ops: list[tuple[Any, ...]]) -> list[Any]:
 
 @settings(max_examples=150, deadline=None)
 @given(budget=BUDGETS, ops=OPS)
+@example(  # a retry counted between failed calls: no path may reset the failure streak
+    budget=Budget(max_consecutive_failures=2, max_retries=5),
+    ops=[("tool", "search", True), ("retry",), ("tool", "search", True), ("model", 10, 10, False)],
+)
 def test_the_express_path_decides_as_the_general_path(budget: Budget, ops: list[tuple[Any, ...]]) -> None:
     events: dict[str, list[BudgetEvent]] = {"express": [], "general": []}
     express = Meter(budget, hooks=[events["express"].append])
@@ -68,7 +76,7 @@ def test_the_express_path_decides_as_the_general_path(budget: Budget, ops: list[
         hooks=[events["general"].append],
         ledger=InMemoryLedger(),
         tenant="acme",
-        ceilings=[Ceiling(scope="tenant", max_steps=10**9)],  # a shared scope: not the express path
+        ceilings=[Ceiling(scope="tenant", max_steps=10**9, max_retries=10**9)],  # a shared scope: not the express path
     )
     assert express._express and not general._express
     assert play(express, ops) == play(general, ops)
