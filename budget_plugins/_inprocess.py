@@ -18,7 +18,7 @@ from types import MappingProxyType
 from typing import Protocol
 
 from budget_plugins._decide import Denial, effective_limits, find_denial
-from budget_plugins._ledger import Scope, add_amounts
+from budget_plugins._ledger import Scope, add_amounts, released
 from budget_plugins._policy import Budget
 from budget_plugins._usage import ScopeUsage
 
@@ -67,17 +67,12 @@ class RunCounters:
 
     def settle(self, held: Mapping[str, int], actual: Mapping[str, int]) -> None:
         with self.lock:
-            self._unhold(held)
+            self.held = released(self.held, held)
             add_amounts(self.used, actual)
 
     def release(self, held: Mapping[str, int]) -> None:
         with self.lock:
-            self._unhold(held)
-
-    def _unhold(self, held: Mapping[str, int]) -> None:
-        add_amounts(self.held, held, -1)
-        if not self.held:
-            self.held = {}  # a dict never shrinks: an idle scope keeps an empty one
+            self.held = released(self.held, held)
 
     def add(self, actual: Mapping[str, int]) -> None:
         with self.lock:

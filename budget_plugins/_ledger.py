@@ -223,9 +223,7 @@ class _ScopeState:
         self.previous: tuple[str, dict[str, int]] | None = None
 
     def unhold(self, amounts: Mapping[str, int]) -> None:
-        add_amounts(self.held, amounts, -1)
-        if not self.held:
-            self.held = {}  # a dict never shrinks: an idle scope keeps an empty one
+        self.held = released(self.held, amounts)
 
     def used_in(self, bucket: str) -> dict[str, int] | None:
         if bucket == self.bucket:
@@ -262,6 +260,19 @@ def add_amounts(target: dict[str, int], amounts: Mapping[str, int], sign: int = 
                 target[dimension] = value
             else:
                 target.pop(dimension, None)
+
+
+def released(held: dict[str, int], amounts: Mapping[str, int]) -> dict[str, int]:
+    """``held`` less ``amounts``: the same dict, or a fresh one once empty.
+
+    A dict never shrinks: an idle scope keeps an empty one instead of its old size.
+
+    Example:
+        >>> released({"steps": 2}, {"steps": 1}), released({"steps": 1}, {"steps": 1})
+        ({'steps': 1}, {})
+    """
+    add_amounts(held, amounts, -1)
+    return held if held else {}
 
 
 def validate_amounts(amounts: Mapping[str, int], what: str) -> dict[str, int]:

@@ -516,10 +516,8 @@ class Meter:
         """
         if not self._remote:
             return
-        unrecorded = self._run_unsynced or {}
-        for dim, amount in amounts.items():
-            unrecorded[dim] = unrecorded.get(dim, 0) + amount
-        self._run_unsynced = unrecorded
+        self._run_unsynced = self._run_unsynced or {}
+        add_amounts(self._run_unsynced, amounts)
 
     def _take_run_entry(self, force: bool) -> tuple[str, list[Scope], dict[str, int]] | None:
         with self._lock:
@@ -578,8 +576,9 @@ class Meter:
                 credit = None
         in_ledger = not local and credit is None
         rid = _new_id() if in_ledger else ""  # an id only for what the ledger sees (idempotency)
-        asked = prefetch_amounts(request.amounts, self._room, self._prefetch) if prefetch else request.amounts
-        return _Step(rid, settle, denial, views, local, in_ledger and granted, enforce, asked, credit)
+        ask = in_ledger and granted
+        asked = prefetch_amounts(request.amounts, self._room, self._prefetch) if prefetch and ask else request.amounts
+        return _Step(rid, settle, denial, views, local, ask, enforce, asked, credit)
 
     def _ask(self, step: _Step, request: Request) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """The shared ledger's reserve arguments (a prefetched hold lasts two leases: see Credit)."""
@@ -618,16 +617,20 @@ class Meter:
         assert self._credits is not None
         credit = self._credits.pop(key)
         credit.retired = True
-        if credit.inflight == 0:
-            self._pending = [*(self._pending or []), (credit.rid, credit.used)]
+        self._commit_when_settled(credit)
+
+    def _commit_when_settled(self, credit: Credit) -> bool:
+        """Queue a retired hold's commit once no call drawn from it is in flight (lock held)."""
+        if not (credit.retired and credit.inflight == 0):
+            return False
+        self._pending = [*(self._pending or []), (credit.rid, credit.used)]
+        return True
 
     def _spend(self, credit: Credit, held: Mapping[str, int], actual: Mapping[str, int] | None) -> None:
         """Settle (or, with ``actual=None``, release) one call drawn from ``credit``."""
         with self._lock:
             credit.spend(held, actual, time.monotonic())
-            due = credit.retired and credit.inflight == 0
-            if due:
-                self._pending = [*(self._pending or []), (credit.rid, credit.used)]
+            due = self._commit_when_settled(credit)
         if due:
             settler.schedule(self, SETTLE_DELAY, debounce=True)
 
@@ -991,10 +994,8 @@ class Meter:
                 return False  # the shared ledger records it in the other scopes
             if not self._scopes[2]:
                 return True  # no shared scope: only the run scope's copy records it
-            unsynced = self._unsynced or {}
-            for dim, amount in amounts.items():
-                unsynced[dim] = unsynced.get(dim, 0) + amount
-            self._unsynced = unsynced
+            self._unsynced = self._unsynced or {}
+            add_amounts(self._unsynced, amounts)
         return True
 
     def commit(self, ticket: Ticket, usage: TokenUsage | None = None, *, failed: bool = False) -> Settlement | None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from budget_plugins._ledger import Scope
+from budget_plugins._ledger import Scope, add_amounts
 from budget_plugins._usage import ScopeUsage
 
 CREDIT_SHARE = 8
@@ -81,11 +81,11 @@ class Credit:
 
     def spend(self, held: Mapping[str, int], actual: Mapping[str, int] | None, now: float) -> None:
         """Settle one drawn call: its hold comes back, its actual usage (``None``: released) is kept."""
-        left, used = self.left, self.used
+        left = self.left
         for dim in left:
             left[dim] += held.get(dim, 0) - (actual.get(dim, 0) if actual else 0)
-        for dim, amount in (actual or {}).items():
-            used[dim] = used.get(dim, 0) + amount
+        if actual:
+            add_amounts(self.used, actual)
         self.inflight -= 1
         self.active_at = now
 
