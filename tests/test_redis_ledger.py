@@ -60,6 +60,15 @@ def tenant_scope(tenant: str, limits: Mapping[str, int], window: Any = None) -> 
     return Scope("tenant", tenant, tenant=tenant, limits=dict(limits), window=window)
 
 
+def raw_tenant(
+    url: str, limits: Mapping[str, int], window: Any = None, **options: Any
+) -> tuple[RedisLedger, Scope, Keys]:
+    """A fresh namespace's ledger, a tenant scope in it, and that tenant's raw key names."""
+    namespace, tenant = ns(), uuid.uuid4().hex
+    ledger = RedisLedger(url, namespace=namespace, **options)
+    return ledger, tenant_scope(tenant, limits, window=window), Keys(hash_tag(namespace, tenant))
+
+
 @pytest.fixture(params=["redis", "redis_cluster"])
 def any_url(request: pytest.FixtureRequest) -> str:
     """The session's single server, then the session's cluster."""
@@ -263,11 +272,7 @@ def test_lua_calendar_buckets_match_window_bucket(redis_url: str, moments: list[
 
 
 def test_a_new_window_starts_from_zero_and_commit_charges_the_window_reserved_in(redis_url: str) -> None:
-    namespace = ns()
-    ledger = RedisLedger(redis_url, namespace=namespace)
-    tenant = uuid.uuid4().hex
-    scope = tenant_scope(tenant, {"cost_usd": 10}, window="month")
-    keys = Keys(hash_tag(namespace, tenant))
+    ledger, scope, keys = raw_tenant(redis_url, {"cost_usd": 10}, window="month")
     skey = keys.scope(scope_token(scope))
     with redis.Redis.from_url(redis_url) as client:
         # Pretend the scope was last used in an old month, which spent the whole limit.
@@ -375,11 +380,7 @@ def test_stored_limits_are_rewritten_only_when_they_change(disposable_redis: Red
 
 
 def test_settled_reservations_leave_small_tombstones(redis_url: str) -> None:
-    namespace = ns()
-    ledger = RedisLedger(redis_url, namespace=namespace, tombstone_seconds=600)
-    tenant = uuid.uuid4().hex
-    scope = tenant_scope(tenant, {"steps": 10})
-    keys = Keys(hash_tag(namespace, tenant))
+    ledger, scope, keys = raw_tenant(redis_url, {"steps": 10}, tombstone_seconds=600)
     with redis.Redis.from_url(redis_url) as client:
         ledger.reserve("a", [scope], {"steps": 1})
         ledger.reserve("b", [scope], {"steps": 1}, settle=[("a", {"steps": 1})])
@@ -394,11 +395,7 @@ def test_settled_reservations_leave_small_tombstones(redis_url: str) -> None:
 
 
 def test_records_of_the_previous_hash_layout_are_still_settled(redis_url: str) -> None:
-    namespace = ns()
-    ledger = RedisLedger(redis_url, namespace=namespace)
-    tenant = uuid.uuid4().hex
-    scope = tenant_scope(tenant, {"steps": 10}, window="month")
-    keys = Keys(hash_tag(namespace, tenant))
+    ledger, scope, keys = raw_tenant(redis_url, {"steps": 10}, window="month")
     skey = keys.scope(scope_token(scope))
     with redis.Redis.from_url(redis_url) as client:
 
@@ -427,11 +424,7 @@ def test_records_of_the_previous_hash_layout_are_still_settled(redis_url: str) -
 
 
 def test_a_settled_hold_leaves_the_index_early_and_a_later_call_repairs_it(redis_url: str) -> None:
-    namespace = ns()
-    ledger = RedisLedger(redis_url, namespace=namespace)
-    tenant = uuid.uuid4().hex
-    scope = tenant_scope(tenant, {"steps": 10})
-    keys = Keys(hash_tag(namespace, tenant))
+    ledger, scope, keys = raw_tenant(redis_url, {"steps": 10})
     token = scope_token(scope)
     with redis.Redis.from_url(redis_url) as client:
         ledger.reserve("short", [scope], {"steps": 1}, lease_seconds=0.1)
@@ -447,7 +440,7 @@ def test_a_settled_hold_leaves_the_index_early_and_a_later_call_repairs_it(redis
         assert ledger.commit("expiring", [scope], {"steps": 1}).status == "expired"
         for rid in ("long", "next"):
             assert ledger.release(rid, [scope])
-        assert ledger.sweep([tenant]) == 0
+        assert ledger.sweep([scope.tenant]) == 0
         time.sleep(0.05)
     assert ledger.snapshot(scope).held == {} and ledger.snapshot(scope).used == {"steps": 2}
 
